@@ -1,0 +1,158 @@
+"""tf.data input pipeline (big_vision / scenic order).
+
+  per-process split (tfds.split_for_jax_process)
+  -> decode (tfds) -> grayscale -> resize to config.image_size -> uint8 [H, W, 1]
+  -> cache (decoded, resized, uint8: ~H*W bytes per example)
+  -> train: shuffle per epoch (seeded by (seed, epoch), so a resumed run sees the same
+     order) -> batch(drop_remainder) -> [local_devices, per_device_batch, H, W, 1]
+  -> eval: batch -> pad the last batch with mask=0 -> same layout; every example of the
+     split is seen exactly once, whatever the batch size or the number of processes
+  -> prefetch.
+
+The host ships uint8 one-channel images; float conversion, degradation, channel
+replication and backbone preprocessing run on device.
+"""
+
+from __future__ import annotations
+
+from brainjax.errors import UserError
+
+import math
+import os
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import brainjax.data  # noqa: F401  (registers builders)
+
+Batch = dict[str, np.ndarray]
+
+
+def to_gray_resized(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Any decoded image (H, W, 1|3|4, uint8/uint16) -> uint8 [size, size, 1]."""
+    image = tf.convert_to_tensor(image)
+    if image.dtype != tf.uint8:
+        image = tf.image.convert_image_dtype(image, tf.uint8, saturate=True)
+    channels = image.shape[-1]
+    if channels == 4:
+        image = image[..., :3]
+    if channels in (3, 4):
+        image = tf.image.rgb_to_grayscale(image)
+    if image.shape[0] != size or image.shape[1] != size or image.shape[0] is None:
+        image = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear", antialias=True)
+        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return tf.ensure_shape(image, (size, size, 1))
+
+
+def load_image_file(path: str, size: int) -> np.ndarray:
+    """Reads one image file for prediction: uint8 [size, size, 1].
+
+    Raises ValueError naming the file when it is missing or cannot be decoded.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    try:
+        data = tf.io.read_file(path)
+        image = tf.io.decode_image(data, channels=0, expand_animations=False)
+        return to_gray_resized(image, size).numpy()
+    except (tf.errors.InvalidArgumentError, tf.errors.OpError) as err:
+        raise UserError(f"{path}: not a readable image ({err.message.splitlines()[0][:120]})") from None
+
+
+class InputPipeline:
+    """Train/eval iterators over one tfds dataset, sharded over processes and devices."""
+
+    def __init__(self, config: Mapping[str, Any], *, num_local_devices: int, process_index: int = 0,
+                 process_count: int = 1):
+        self.config = config
+        self.size = int(config.image_size)
+        self.num_local_devices = num_local_devices
+        self.process_index, self.process_count = process_index, process_count
+        self.builder = tfds.builder(config.dataset, data_dir=config.get("data_dir"))
+        self.builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=config.get("manual_dir")))
+        self.class_names: list[str] = list(self.builder.info.features["label"].names)
+        self._cache: dict[str, tf.data.Dataset] = {}
+        self.global_batch = int(config.batch_size)
+        self.eval_global_batch = int(config.get("eval_batch_size", config.batch_size))
+        for name, gb in (("batch_size", self.global_batch), ("eval_batch_size", self.eval_global_batch)):
+            if gb % (num_local_devices * process_count):
+                raise UserError(f"config.{name}={gb} must be divisible by the number of devices "
+                                 f"({num_local_devices * process_count})")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def num_examples(self, split: str) -> int:
+        return int(self.builder.info.splits[split].num_examples)
+
+    def _cached(self, split: str) -> tf.data.Dataset:
+        """This process's share of `split`, decoded and resized, cached in memory."""
+        if split not in self._cache:
+            local = tfds.split_for_jax_process(split, process_index=self.process_index,
+                                               process_count=self.process_count, drop_remainder=False)
+            ds = self.builder.as_dataset(split=local, shuffle_files=False,
+                                         read_config=tfds.ReadConfig(add_tfds_id=False))
+            ds = ds.enumerate()  # position within this process's share
+            base = self._process_offset(split)
+            size = self.size
+            ds = ds.map(lambda i, ex: {"image": to_gray_resized(ex["image"], size),
+                                       "label": tf.cast(ex["label"], tf.int32),
+                                       "index": tf.cast(i, tf.int32) + base},
+                        num_parallel_calls=tf.data.AUTOTUNE)
+            self._cache[split] = ds.cache()
+        return self._cache[split]
+
+    def _process_offset(self, split: str) -> int:
+        """Global index of this process's first example (even_splits, no drop)."""
+        n, k = self.num_examples(split), self.process_count
+        return sum(n // k + (1 if p < n % k else 0) for p in range(self.process_index))
+
+    def steps_per_epoch(self, split: str) -> int:
+        """Same on every process: floor(min per-process share / local batch)."""
+        per_process = self.num_examples(split) // self.process_count
+        steps = per_process // (self.global_batch // self.process_count)
+        if steps == 0:
+            raise UserError(f"split {split!r} has {self.num_examples(split)} examples, fewer than one "
+                             f"global batch of {self.global_batch}; lower config.batch_size")
+        return steps
+
+    def _device_layout(self, batch: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        d = self.num_local_devices
+        return {k: tf.reshape(v, [d, -1, *v.shape[1:]]) for k, v in batch.items()}
+
+    def train_epoch(self, split: str, epoch: int, seed: int) -> Iterator[Batch]:
+        """One epoch of shuffled training batches, [devices, per_device, ...]."""
+        local_batch = self.global_batch // self.process_count
+        ds = self._cached(split)
+        buffer = min(int(self.config.get("shuffle_buffer", 50_000)), self.num_examples(split))
+        ds = ds.shuffle(buffer, seed=seed * 100_003 + epoch, reshuffle_each_iteration=False)
+        ds = ds.batch(local_batch, drop_remainder=True).take(self.steps_per_epoch(split))
+        ds = ds.map(self._device_layout).prefetch(int(self.config.get("prefetch", 2)))
+        return tfds.as_numpy(ds)
+
+    def eval_batches(self, split: str) -> Iterator[Batch]:
+        """Every example of `split` exactly once; padded examples carry mask 0."""
+        local_batch = self.eval_global_batch // self.process_count
+        n_max_local = math.ceil(self.num_examples(split) / self.process_count)
+        num_batches = math.ceil(n_max_local / local_batch)
+        ds = self._cached(split).batch(local_batch).prefetch(2)
+        produced = 0
+        for batch in tfds.as_numpy(ds):
+            produced += 1
+            yield self._pad_and_shard(batch, local_batch)
+        for _ in range(num_batches - produced):  # processes with a smaller share
+            yield self._pad_and_shard(None, local_batch)
+
+    def _pad_and_shard(self, batch: Batch | None, local_batch: int) -> Batch:
+        if batch is None:
+            batch = {"image": np.zeros((0, self.size, self.size, 1), np.uint8),
+                     "label": np.zeros((0,), np.int32), "index": np.zeros((0,), np.int32)}
+        n = len(batch["label"])
+        out = {k: np.concatenate([v, np.zeros((local_batch - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+        out["mask"] = (np.arange(local_batch) < n).astype(np.float32)
+        d = self.num_local_devices
+        return {k: v.reshape(d, local_batch // d, *v.shape[1:]) for k, v in out.items()}

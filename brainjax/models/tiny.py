@@ -1,0 +1,29 @@
+"""A tiny VGG-style CNN for tests and CPU demos (trained from scratch, no weight file).
+
+Same contract as the real backbones: float32 RGB in [0, 255] in, feature map out. It
+uses only the first channel (the grayscale MRI is replicated to RGB for the ImageNet
+backbones; a from-scratch net need not pay 3x for its first conv).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class TinyCNN(nn.Module):
+    widths: Sequence[int] = (16, 32, 64, 128)
+    convs_per_block: int = 2
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        del train
+        x = (x[..., :1] / 127.5 - 1.0).astype(self.dtype)
+        for block, width in enumerate(self.widths, start=1):
+            for conv in range(1, self.convs_per_block + 1):
+                x = nn.relu(nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype, name=f"block{block}_conv{conv}")(x))
+            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        return x

@@ -1,0 +1,75 @@
+"""Modes behind launch.py, with user errors turned into one clear line and exit code 1."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from brainjax.errors import UserError
+
+log = logging.getLogger("brainjax")
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Re-evaluates the best checkpoint of `workdir` on the test split."""
+    from brainjax import evaluate, parallel, train
+    from brainjax.data.pipeline import InputPipeline
+
+    pipeline = InputPipeline(config, num_local_devices=jax.local_device_count(),
+                             process_index=jax.process_index(), process_count=jax.process_count())
+    model, state = train.restore_for_inference(config, workdir, pipeline.num_classes)
+    eval_fns = train.make_eval_fns(model, tuple(config.eval.corruptions))
+    eval_rng = jax.random.split(jax.random.key(config.seed), 3)[2]
+    return evaluate.evaluate(config, eval_fns, parallel.replicate(state), pipeline, workdir, eval_rng)
+
+
+def predict_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequence[str]) -> int:
+    """Prints class probabilities per file; unreadable files get an error line. Returns
+    the number of files that could not be predicted."""
+    import brainjax.data
+    from brainjax import train
+    from brainjax.data.pipeline import load_image_file
+
+    if not paths:
+        raise UserError("--mode=predict needs --images=a.jpg,b.png")
+    class_names = list(brainjax.data.CLASS_NAMES)
+    model, state = train.restore_for_inference(config, workdir, len(class_names))
+    images, good, failures = [], [], 0
+    for path in paths:
+        try:
+            images.append(load_image_file(path, config.image_size))
+            good.append(path)
+        except UserError as err:
+            print(f"ERROR {err}", file=sys.stderr)
+            failures += 1
+    if images:
+        variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+        batch = train.to_float_images(np.stack(images))
+        probs = np.asarray(jax.nn.softmax(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, batch)))
+        for path, p in zip(good, probs):
+            ranked = "  ".join(f"{class_names[i]} {p[i]:.3f}" for i in np.argsort(-p))
+            print(f"{path}: {class_names[int(p.argmax())]}  ({ranked})")
+    return failures
+
+
+def main(config: ml_collections.ConfigDict, workdir: str, mode: str, images: Sequence[str] = ()) -> int:
+    from brainjax import train
+
+    try:
+        if mode == "train":
+            train.train_and_evaluate(config, workdir)
+        elif mode == "evaluate":
+            evaluate_workdir(config, workdir)
+        elif mode == "predict":
+            return 1 if predict_files(config, workdir, images) else 0
+        else:
+            raise UserError(f"unknown mode {mode!r}")
+    except (UserError, FloatingPointError, FileNotFoundError) as err:
+        print(f"brainjax: error: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,64 @@
+"""Default config: the main job on the embedded `brain_phantom` dataset, CPU-friendly.
+
+Tiny CNN from scratch (no weight file needed), 64 px, robustness training with the seed
+recipe on half the images. See BUILD_NOTES.md for why these defaults (time and accuracy
+measured on the 2-core reference machine).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # Data (tfds). data_dir None -> tfds default (~/tensorflow_datasets).
+    c.dataset = "brain_phantom"
+    c.data_dir = ml_collections.config_dict.placeholder(str)
+    c.manual_dir = ml_collections.config_dict.placeholder(str)
+    c.train_split = "train[:90%]"
+    c.val_split = "train[90%:]"
+    c.test_split = "test"
+    c.image_size = 64
+    c.batch_size = 64  # global, divisible by the device count
+    c.eval_batch_size = 128
+    c.shuffle_buffer = 50_000
+    c.prefetch = 2
+
+    # Model.
+    c.model = ml_collections.ConfigDict()
+    c.model.backbone = "tiny"  # tiny | vgg16 | vgg19 | resnet50v2
+    c.model.backbone_kwargs = ml_collections.ConfigDict()
+    c.model.head = "enhanced"  # baseline | enhanced
+    c.model.head_hidden = (256, 128)
+    c.model.dropout = 0.3
+    c.model.weights = "none"  # none | imagenet | /path/to/keras_weights.h5
+    c.model.weights_dir = ml_collections.config_dict.placeholder(str)  # where `imagenet` looks first (then ~/.keras/models)
+    c.model.base_batchnorm_train = False
+    c.model.dtype = "float32"
+    # Regexes over parameter paths ('backbone/block1_conv1/kernel', 'head/logits/bias').
+    # '^head/' freezes the base; '.*' fine-tunes everything.
+    c.trainable = (".*",)
+
+    # Optimisation.
+    c.num_epochs = 30
+    c.optimizer = ml_collections.ConfigDict(dict(learning_rate=1e-3, weight_decay=0.0, label_smoothing=0.0,
+                                                 grad_clip_norm=0.0))
+    c.schedule = ml_collections.ConfigDict(dict(name="plateau", factor=0.5, patience=2, min_delta=1e-4,
+                                                min_lr=1e-5, warmup_epochs=0))
+    c.early_stopping = ml_collections.ConfigDict(dict(enabled=True, patience=5, min_delta=1e-4))
+    c.log_every_steps = 10
+
+    # Degradation during training (on device, per example): the seed recipe = a random
+    # non-empty subset of the corruptions, in random order, levels uniform in the ranges.
+    c.train_degrade = ml_collections.ConfigDict(dict(
+        recipe="chain", prob=0.5,
+        gaussian_noise=(0.02, 0.2),  # noise std on [0, 1]
+        gaussian_blur=(0.5, 5.0),  # sigma in px at 224 px (scaled to the image size)
+        downsample=(0.3, 0.8),  # kept fraction of the side
+    ))
+
+    # Evaluation: clean + each corruption at each severity (brainjax.degrade constants).
+    c.eval = ml_collections.ConfigDict(dict(corruptions=("gaussian_noise", "gaussian_blur", "downsample"),
+                                            severities=(1, 2, 3, 4, 5)))
+    return c

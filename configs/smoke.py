@@ -1,0 +1,18 @@
+"""Tiny, seconds-long config for tests: small phantom, 32 px, narrow tiny CNN."""
+
+from configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.dataset = "brain_phantom/small"
+    c.image_size = 32
+    c.batch_size = 32
+    c.eval_batch_size = 48
+    c.model.backbone_kwargs = dict(widths=(8, 16), convs_per_block=1)
+    c.model.head_hidden = (32,)
+    c.model.dropout = 0.0
+    c.num_epochs = 2
+    c.log_every_steps = 2
+    c.eval.severities = (1, 5)
+    return c
