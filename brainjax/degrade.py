@@ -144,13 +144,23 @@ def _chain_one(image, key, names: Sequence[str], ranges: Sequence[tuple[float, f
     return jnp.where(jax.random.bernoulli(k_apply, prob), out, image)
 
 
+def random_flip_lr(images: jax.Array, keys: jax.Array) -> jax.Array:
+    """Mirrors each image left-right with probability 1/2 (axial slices are near-symmetric)."""
+    flip = jax.vmap(lambda k: jax.random.bernoulli(k, 0.5))(keys)
+    return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
+
+
 def augment(images: jax.Array, keys: jax.Array, cfg: Mapping) -> jax.Array:
     """Training-time degradation per `cfg` (see configs/default.py, `train_degrade`).
 
+    cfg.flip_lr: random left-right mirroring first (geometry, not a degradation).
     cfg.recipe: 'none' | 'chain' (seed recipe) | 'one' (exactly one random corruption).
     cfg.prob: share of images degraded. cfg.<name>: (low, high) level range per corruption;
     only corruptions with a range are used.
     """
+    if cfg.get("flip_lr", False):
+        keys, flip_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
+        images = random_flip_lr(images, flip_keys)
     recipe = cfg.get("recipe", "none")
     if recipe == "none" or cfg.get("prob", 0.0) <= 0:
         return images

@@ -28,13 +28,14 @@ def get_config() -> ml_collections.ConfigDict:
     # Model.
     c.model = ml_collections.ConfigDict()
     c.model.backbone = "tiny"  # tiny | vgg16 | vgg19 | resnet50v2
-    c.model.backbone_kwargs = ml_collections.ConfigDict()
+    # Options of the chosen backbone live under its name (only `tiny` has any).
+    c.model.tiny = ml_collections.ConfigDict(dict(widths=(8, 16, 32, 64), convs_per_block=2, batchnorm=True))
     c.model.head = "enhanced"  # baseline | enhanced
     c.model.head_hidden = (256, 128)
     c.model.dropout = 0.3
     c.model.weights = "none"  # none | imagenet | /path/to/keras_weights.h5
     c.model.weights_dir = ml_collections.config_dict.placeholder(str)  # where `imagenet` looks first (then ~/.keras/models)
-    c.model.base_batchnorm_train = False
+    c.model.base_batchnorm_train = True  # the tiny CNN trains from scratch
     c.model.dtype = "float32"
     # Regexes over parameter paths ('backbone/block1_conv1/kernel', 'head/logits/bias').
     # '^head/' freezes the base; '.*' fine-tunes everything.
@@ -46,13 +47,13 @@ def get_config() -> ml_collections.ConfigDict:
                                                  grad_clip_norm=0.0))
     c.schedule = ml_collections.ConfigDict(dict(name="plateau", factor=0.5, patience=2, min_delta=1e-4,
                                                 min_lr=1e-5, warmup_epochs=0))
-    c.early_stopping = ml_collections.ConfigDict(dict(enabled=True, patience=5, min_delta=1e-4))
+    c.early_stopping = ml_collections.ConfigDict(dict(enabled=True, patience=8, min_delta=1e-4))
     c.log_every_steps = 10
 
     # Degradation during training (on device, per example): the seed recipe = a random
     # non-empty subset of the corruptions, in random order, levels uniform in the ranges.
     c.train_degrade = ml_collections.ConfigDict(dict(
-        recipe="chain", prob=0.5,
+        flip_lr=True, recipe="chain", prob=0.5,
         gaussian_noise=(0.02, 0.2),  # noise std on [0, 1]
         gaussian_blur=(0.5, 5.0),  # sigma in px at 224 px (scaled to the image size)
         downsample=(0.3, 0.8),  # kept fraction of the side

@@ -9,7 +9,10 @@ def get_config():
     c.image_size = 32
     c.batch_size = 32
     c.eval_batch_size = 48
-    c.model.backbone_kwargs = dict(widths=(8, 16), convs_per_block=1)
+    c.model.tiny.widths = (8, 16)
+    c.model.tiny.convs_per_block = 1
+    c.model.tiny.batchnorm = False
+    c.model.base_batchnorm_train = False
     c.model.head_hidden = (32,)
     c.model.dropout = 0.0
     c.num_epochs = 2

@@ -35,7 +35,7 @@ _TISSUE = {
     "csf": (0.12, 0.90),
     "grey": (0.45, 0.55),
     "white": (0.62, 0.38),
-    "tumor": (0.34, 0.72),
+    "tumor": (0.30, 0.75),
     "necrosis": (0.20, 0.85),
     "edema": (0.40, 0.66),
     "mening": (0.78, 0.70),
@@ -124,7 +124,7 @@ def generate_slice(seed: int, index: int, label: int, size: int = 128) -> np.nda
         gx, gy = cx + r0 * a * np.cos(ang), cy + r0 * b * np.sin(ang)
         dist = np.sqrt((x - gx) ** 2 + (y - gy) ** 2)
         gang = np.arctan2(y - gy, x - gx)
-        radius = rng.uniform(0.09, 0.18)
+        radius = rng.uniform(0.11, 0.20)
         edema_r = _irregular_radius(rng, gang, radius * rng.uniform(1.5, 2.1), 0.35)
         mass_r = _irregular_radius(rng, gang, radius, 0.30)
         edema = _soft(edema_r - dist, 3 * w) * brain
@@ -136,7 +136,7 @@ def generate_slice(seed: int, index: int, label: int, size: int = 128) -> np.nda
             img += core * (tissue["necrosis"] - img) * 0.8
     elif name == "meningioma":
         ang = rng.uniform(0, 2 * np.pi)
-        radius = rng.uniform(0.08, 0.16)
+        radius = rng.uniform(0.10, 0.18)
         rim = brain_out * 0.98  # centre just inside the inner table of the skull
         mx = cx + (rim - radius / max(a, b) * 0.6) * a * np.cos(ang)
         my = cy + (rim - radius / max(a, b) * 0.6) * b * np.sin(ang)
@@ -144,7 +144,7 @@ def generate_slice(seed: int, index: int, label: int, size: int = 128) -> np.nda
         mass = _soft((1 - mr) * radius, w) * inner
         img += mass * (tissue["mening"] - img)
     elif name == "pituitary":
-        radius = rng.uniform(0.045, 0.075)
+        radius = rng.uniform(0.055, 0.085)
         sx = cx + rng.uniform(-0.03, 0.03)
         sy = cy - b * rng.uniform(0.30, 0.45)  # anterior (up), sellar region
         pr = _ellipse(x, y, sx, sy, radius * rng.uniform(1.0, 1.3), radius, rng.uniform(-0.3, 0.3))

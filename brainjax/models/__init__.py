@@ -33,9 +33,10 @@ def make_backbone(name: str, dtype: Any = jnp.float32, **kwargs) -> nn.Module:
 def create_model(model_cfg: Mapping[str, Any], num_classes: int) -> Classifier:
     """Builds the classifier described by a config's `model` section."""
     dtype = jnp.dtype(model_cfg.get("dtype", "float32"))
-    backbone_kwargs = dict(model_cfg.get("backbone_kwargs", None) or {})
+    # Per-backbone options live under the backbone's name (e.g. config.model.tiny.widths).
+    backbone_options = dict(model_cfg.get(model_cfg["backbone"], None) or {})
     return Classifier(
-        backbone=make_backbone(model_cfg["backbone"], dtype=dtype, **backbone_kwargs),
+        backbone=make_backbone(model_cfg["backbone"], dtype=dtype, **backbone_options),
         head=make_head(model_cfg["head"], num_classes, model_cfg.get("head_hidden", (1024, 512)),
                        model_cfg.get("dropout", 0.5)),
         base_batchnorm_train=bool(model_cfg.get("base_batchnorm_train", False)),

@@ -16,14 +16,18 @@ import jax.numpy as jnp
 class TinyCNN(nn.Module):
     widths: Sequence[int] = (16, 32, 64, 128)
     convs_per_block: int = 2
+    batchnorm: bool = False  # BatchNorm after each conv (set model.base_batchnorm_train to train it)
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        del train
         x = (x[..., :1] / 127.5 - 1.0).astype(self.dtype)
         for block, width in enumerate(self.widths, start=1):
             for conv in range(1, self.convs_per_block + 1):
-                x = nn.relu(nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype, name=f"block{block}_conv{conv}")(x))
+                name = f"block{block}_conv{conv}"
+                x = nn.Conv(width, (3, 3), padding="SAME", use_bias=not self.batchnorm, dtype=self.dtype, name=name)(x)
+                if self.batchnorm:
+                    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f"{name}_bn")(x)
+                x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
         return x

@@ -1,0 +1,39 @@
+"""Test setup: 8 fake CPU devices (multi-device code paths), a shared tiny phantom build."""
+
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: longer checks, run by benchmarks/CI-extended (-m slow)")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """tfds data_dir with `brain_phantom/small` built once per session."""
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+    import tensorflow_datasets as tfds
+
+    import brainjax.data  # noqa: F401
+
+    path = str(tmp_path_factory.mktemp("tfds"))
+    tfds.builder("brain_phantom/small", data_dir=path).download_and_prepare()
+    return path
+
+
+@pytest.fixture
+def smoke_config(data_dir):
+    from configs import smoke
+
+    config = smoke.get_config()
+    config.data_dir = data_dir
+    return config

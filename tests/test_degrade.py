@@ -1,0 +1,92 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from brainjax import degrade
+
+
+def _images(n=4, size=64, seed=0):
+    from brainjax.data import phantom
+
+    return jnp.asarray(np.stack([phantom.generate_slice(seed, i, i % 4, size) for i in range(n)]), jnp.float32) / 255
+
+
+def _highfreq_energy(x):
+    spec = jnp.abs(jnp.fft.fft2(x[..., 0]))
+    h = x.shape[1]
+    f = jnp.fft.fftfreq(h)
+    mask = (jnp.abs(f)[:, None] > 0.25) | (jnp.abs(f)[None, :] > 0.25)
+    return float((spec * mask).sum())
+
+
+def test_noise_std_matches_level():
+    x = jnp.full((8, 64, 64, 1), 0.5)
+    for sev, sigma in enumerate(degrade.GAUSSIAN_NOISE_SIGMA[:3], start=1):  # below clipping
+        y = degrade.corrupt(x, "gaussian_noise", sev, jax.random.key(0))
+        assert abs(float(jnp.std(y - x)) - sigma) < 0.05 * sigma
+
+
+def test_blur_removes_high_frequencies_monotonically():
+    x = _images()
+    energies = [_highfreq_energy(x)] + [_highfreq_energy(degrade.corrupt(x, "gaussian_blur", s, jax.random.key(0)))
+                                         for s in (1, 3, 5)]
+    assert all(a > b for a, b in zip(energies, energies[1:]))
+    assert energies[-1] < 0.2 * energies[0]
+
+
+def test_downsample_loses_detail_and_keeps_flat_images():
+    x = _images()
+    errs = [float(jnp.abs(degrade.corrupt(x, "downsample", s, jax.random.key(0)) - x).mean()) for s in (1, 3, 5)]
+    assert 0 < errs[0] < errs[1] < errs[2]
+    assert _highfreq_energy(degrade.corrupt(x, "downsample", 5, jax.random.key(0))) < 0.5 * _highfreq_energy(x)
+    flat = jnp.full((2, 48, 48, 1), 0.3)
+    np.testing.assert_allclose(degrade.corrupt(flat, "downsample", 5, jax.random.key(0)), flat, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", degrade.NAMES)
+def test_same_rng_same_output_shape_dtype(name):
+    x = _images(3)
+    fn = jax.jit(degrade.corrupt, static_argnums=(1, 2))
+    a = fn(x, name, 4, jax.random.key(1))
+    b = fn(x, name, 4, jax.random.key(1))
+    assert a.shape == x.shape and a.dtype == jnp.float32
+    np.testing.assert_array_equal(a, b)
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+
+
+def test_noise_draw_is_per_example():
+    x = jnp.full((2, 32, 32, 1), 0.5)
+    y = degrade.corrupt(x, "gaussian_noise", 2, jax.random.key(0))
+    assert float(jnp.abs(y[0] - y[1]).mean()) > 0.05
+
+
+def test_seed_chain_recipe():
+    cfg = dict(recipe="chain", prob=1.0, gaussian_noise=(0.1, 0.2), gaussian_blur=(2.0, 4.0), downsample=(0.3, 0.5))
+    x = _images(16)
+    keys = degrade.example_keys(jax.random.key(3), jnp.arange(16))
+    y = jax.jit(lambda x, k: degrade.augment(x, k, cfg))(x, keys)
+    assert y.shape == x.shape
+    assert (jnp.abs(y - x).mean(axis=(1, 2, 3)) > 1e-3).all()  # prob=1: every image degraded
+    np.testing.assert_array_equal(y, jax.jit(lambda x, k: degrade.augment(x, k, cfg))(x, keys))
+    # prob=0 / recipe none are the identity
+    np.testing.assert_array_equal(degrade.augment(x, keys, {**cfg, "prob": 0.0}), x)
+    half = degrade.augment(x, keys, {**cfg, "prob": 0.5})
+    changed = int((jnp.abs(half - x).mean(axis=(1, 2, 3)) > 1e-3).sum())
+    assert 2 <= changed <= 14
+
+
+def test_example_keys_depend_only_on_global_index():
+    rng = jax.random.key(0)
+    a = degrade.example_keys(rng, jnp.arange(8))
+    b = degrade.example_keys(rng, jnp.arange(4, 8))
+    np.testing.assert_array_equal(jax.random.key_data(a[4:]), jax.random.key_data(b))
+
+
+def test_bad_names_and_severities_are_clear():
+    from brainjax.errors import UserError
+
+    with pytest.raises(UserError, match="unknown corruption"):
+        degrade.level_for("fog", 1)
+    with pytest.raises(UserError, match="severity"):
+        degrade.level_for("gaussian_noise", 6)

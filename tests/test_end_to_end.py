@@ -1,0 +1,148 @@
+"""Whole runs through launch.py's code path on the small phantom (8 fake devices)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from brainjax import checkpoint, models, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _params(workdir, config, which="latest"):
+    model = models.create_model(config.model, 4)
+    template, _, _ = train.create_train_state(config, model, 4, jax.random.key(0), 1)
+    ckpt = checkpoint.Checkpoints(workdir)
+    try:
+        state, loop = (ckpt.restore_latest if which == "latest" else ckpt.restore_best)(template)
+    finally:
+        ckpt.close()
+    return traverse_util.flatten_dict(jax.device_get(state.params)), loop
+
+
+def test_interrupted_run_resumes_to_the_same_model(smoke_config, tmp_path):
+    smoke_config.eval.corruptions = ()
+    smoke_config.num_epochs = 2
+    smoke_config.early_stopping.enabled = False
+    straight = str(tmp_path / "straight")
+    train.train_and_evaluate(smoke_config, straight)
+
+    resumed = str(tmp_path / "resumed")
+    first = smoke_config.copy_and_resolve_references()
+    first.num_epochs = 1  # "interrupted" after epoch 1
+    train.train_and_evaluate(first, resumed)
+    _, loop = _params(resumed, smoke_config)
+    assert loop["epoch"] == 1
+    train.train_and_evaluate(smoke_config, resumed)  # same command again: continues
+    a, loop_a = _params(straight, smoke_config)
+    b, loop_b = _params(resumed, smoke_config)
+    assert loop_a["epoch"] == loop_b["epoch"] == 2
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg="/".join(k))
+    lines = [json.loads(l) for l in open(os.path.join(resumed, "metrics.jsonl"))]
+    assert [l["epoch"] for l in lines if l["kind"] == "epoch"] == [1, 2]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(smoke_config, tmp_path):
+    smoke_config.eval.corruptions = ()
+    smoke_config.num_epochs = 1
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(smoke_config, workdir)
+    good, _ = _params(workdir, smoke_config)
+    exploding = smoke_config.copy_and_resolve_references()
+    exploding.num_epochs = 3
+    exploding.optimizer.learning_rate = 1e30
+    with pytest.raises(FloatingPointError, match="non-finite .*epoch 1"):
+        train.train_and_evaluate(exploding, workdir)
+    kept, loop = _params(workdir, smoke_config)
+    assert loop["epoch"] == 1
+    assert all(np.array_equal(good[k], kept[k]) for k in good)
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory, data_dir):
+    """A short real run through launch.py (subprocess, default 8 fake devices)."""
+    workdir = str(tmp_path_factory.mktemp("e2e"))
+    cmd = [sys.executable, "launch.py", f"--workdir={workdir}", "--config=configs/smoke.py",
+           f"--config.data_dir={data_dir}", "--config.num_epochs=12", "--config.image_size=48",
+           "--config.model.tiny.widths=(8,16,32)", "--config.model.tiny.convs_per_block=2",
+           "--config.model.tiny.batchnorm=True", "--config.model.base_batchnorm_train=True",
+           "--config.optimizer.learning_rate=0.003", "--config.train_degrade.recipe=none",
+           "--config.train_split=train", "--config.val_split=test"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir, out.stderr + out.stdout
+
+
+def test_launch_trains_learns_and_reports(trained_workdir):
+    workdir, log = trained_workdir
+    assert "epoch 12/12" in log or "early stopping" in log
+    report = json.load(open(os.path.join(workdir, "report.json")))
+    clean = report["clean"]
+    assert report["num_examples"] == 120
+    assert np.asarray(clean["confusion_matrix"]).sum() == 120
+    assert sum(c["support"] for c in clean["per_class"].values()) == 120
+    assert clean["accuracy"] > 0.6, clean["accuracy"]  # chance is 0.25
+    for name in ("gaussian_noise", "gaussian_blur", "downsample"):
+        for sev in ("1", "5"):
+            m = report["degraded"][name][sev]
+            assert np.asarray(m["confusion_matrix"]).sum() == 120
+    # severity-5 noise (sigma 0.38) hurts a clean-trained model
+    assert report["degraded"]["gaussian_noise"]["5"]["accuracy"] < clean["accuracy"] - 0.1
+    for png in ("confusion_matrix.png", "robustness.png"):
+        assert os.path.getsize(os.path.join(workdir, png)) > 5000
+    epochs = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert any(e["kind"] == "epoch" and "images_per_sec" in e for e in epochs)
+
+
+def test_evaluate_mode_reproduces_report(trained_workdir, data_dir, tmp_path):
+    workdir, _ = trained_workdir
+    before = json.load(open(os.path.join(workdir, "report.json")))
+    cmd = [sys.executable, "launch.py", f"--workdir={workdir}", "--config=configs/smoke.py", "--mode=evaluate",
+           f"--config.data_dir={data_dir}", "--config.image_size=48",
+           "--config.model.tiny.widths=(8,16,32)", "--config.model.tiny.convs_per_block=2",
+           "--config.model.tiny.batchnorm=True", "--config.model.base_batchnorm_train=True",
+           "--config.eval_batch_size=16"]  # another batch size: same examples, same result
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    after = json.load(open(os.path.join(workdir, "report.json")))
+    assert after["clean"]["confusion_matrix"] == before["clean"]["confusion_matrix"]
+    assert after["degraded"]["gaussian_noise"]["5"]["accuracy"] == before["degraded"]["gaussian_noise"]["5"]["accuracy"]
+
+
+def test_predict_mode_reports_bad_files_and_predicts_the_rest(trained_workdir, tmp_path):
+    from PIL import Image
+
+    from brainjax.data import phantom
+
+    workdir, _ = trained_workdir
+    good = tmp_path / "slice (1).png"
+    Image.fromarray(phantom.generate_slice(5, 0, 3, 128)[..., 0]).convert("RGB").save(good)
+    bad = tmp_path / "corrupt.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    cmd = [sys.executable, "launch.py", f"--workdir={workdir}", "--config=configs/smoke.py", "--mode=predict",
+           f"--images={good},{bad}", "--config.image_size=48",
+           "--config.model.tiny.widths=(8,16,32)", "--config.model.tiny.convs_per_block=2",
+           "--config.model.tiny.batchnorm=True", "--config.model.base_batchnorm_train=True"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert "corrupt.jpg" in out.stderr and "Traceback" not in out.stderr
+    line = [l for l in out.stdout.splitlines() if "slice (1).png" in l]
+    assert line, out.stdout
+    probs = [float(tok) for tok in line[0].split("(")[-1].rstrip(")").split()[1::2]]
+    assert len(probs) == 4 and abs(sum(probs) - 1) < 0.01
+
+
+def test_bad_config_is_one_clear_line(tmp_path, data_dir):
+    cmd = [sys.executable, "launch.py", f"--workdir={tmp_path}", "--config=configs/smoke.py",
+           f"--config.data_dir={data_dir}", "--config.trainable=('^haed/',)"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert "match no parameter" in out.stderr and "Traceback" not in out.stderr

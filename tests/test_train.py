@@ -1,0 +1,123 @@
+"""Step functions: frozen partitions, FLOPs, pmap == single device, determinism."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from brainjax import models, parallel, partition, train
+from configs import smoke
+
+
+def _setup(trainable=(".*",), tiny=None, head="baseline", size=32, degrade_cfg=None):
+    config = smoke.get_config()
+    config.image_size = size
+    config.model.head = head
+    if tiny is not None:
+        config.model.tiny = tiny
+    config.trainable = trainable
+    model = models.create_model(config.model, 4)
+    state, tx, labels = train.create_train_state(config, model, 4, jax.random.key(0), steps_per_epoch=10)
+    step = functools.partial(train.train_step, model=model, tx=tx, label_tree=labels,
+                             degrade_cfg=degrade_cfg if degrade_cfg is not None else {"recipe": "none"})
+    return config, model, state, step, labels
+
+
+def _batch(n, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": rng.integers(0, 256, (n, size, size, 1), dtype=np.uint8),
+            "label": rng.integers(0, 4, (n,)).astype(np.int32)}
+
+
+def _flops(fn, *args):
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
+@pytest.mark.parametrize("backbone", ["tiny", "vgg16"])
+def test_frozen_base_step_costs_about_one_forward(backbone):
+    """The frozen step differentiates only the head: its FLOPs ~ the forward pass, while
+    fine-tuning everything costs the usual ~3x (XLA cost analysis of the compiled steps)."""
+    config = smoke.get_config()
+    config.model.head = "enhanced"
+    if backbone == "vgg16":
+        config.model.backbone = "vgg16"
+    model = models.create_model(config.model, 4)
+    batch = _batch(8)
+
+    def step_flops(trainable):
+        config.trainable = trainable
+        state, tx, labels = train.create_train_state(config, model, 4, jax.random.key(0), 10)
+        step = functools.partial(train.train_step, model=model, tx=tx, label_tree=labels, degrade_cfg={})
+        return state, _flops(lambda s, b: step(s, b, jax.random.key(0)), state, batch)
+
+    state, frozen = step_flops(("^head/",))
+    forward = _flops(lambda s, b: model.apply({"params": s.params}, train.to_float_images(b["image"])), state, batch)
+    _, full = step_flops((".*",))
+    assert frozen / forward < 1.2, (frozen, forward)
+    assert full / forward > 2.0, (full, forward)
+
+
+def test_frozen_params_bit_identical_and_no_optimizer_state():
+    _, _, state, step, labels = _setup(trainable=("^head/",), head="enhanced")
+    jstep = jax.jit(step)
+    new = state
+    for i in range(3):
+        new, metrics = jstep(new, _batch(16, seed=i), jax.random.key(0))
+    old_flat = traverse_util.flatten_dict(state.params)
+    new_flat = traverse_util.flatten_dict(jax.device_get(new.params))
+    for k, v in old_flat.items():
+        if k[0] == "backbone":
+            np.testing.assert_array_equal(v, new_flat[k])
+        else:
+            assert not np.array_equal(v, new_flat[k]), k  # the head did train
+    # optax.partition: the frozen branch (set_to_zero) holds no state, so Adam moments
+    # cover only the head.
+    opt_leaves = sum(x.size for x in jax.tree.leaves(state.opt_state))
+    head_size = partition.count(partition.split(state.params, labels)[0])
+    assert opt_leaves <= 2 * head_size + 8
+
+
+def test_pmap_step_equals_single_device_step():
+    """Same global batch on 8 devices (pmean) vs 1 device: same new params and metrics.
+    Degradation is on: per-example keys come from global indices."""
+    assert jax.local_device_count() == 8
+    cfg = {"flip_lr": True, "recipe": "chain", "prob": 0.7, "gaussian_noise": (0.05, 0.2),
+           "gaussian_blur": (1.0, 4.0), "downsample": (0.3, 0.8)}
+    _, _, state, step, _ = _setup(degrade_cfg=cfg)
+    batch = _batch(32)
+    single, m1 = jax.jit(step)(state, batch, jax.random.key(5))
+    pstep = parallel.pmap_step(step)
+    sharded = jax.tree.map(lambda x: x.reshape(8, 4, *x.shape[1:]), batch)
+    multi, m8 = pstep(parallel.replicate(state), parallel.shard(sharded), jax.random.key(5))
+    multi = parallel.unreplicate(multi)
+    for a, b in zip(jax.tree.leaves(jax.device_get(single.params)), jax.tree.leaves(multi.params)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose(float(m1["loss_sum"]), float(np.asarray(m8["loss_sum"])[0]), rtol=1e-5)
+    assert float(m1["count"]) == float(np.asarray(m8["count"])[0]) == 32
+
+
+def test_step_is_deterministic_per_rng_and_step():
+    cfg = {"recipe": "chain", "prob": 1.0, "gaussian_noise": (0.05, 0.2)}
+    _, _, state, step, _ = _setup(degrade_cfg=cfg, head="enhanced")
+    jstep = jax.jit(step)
+    a, _ = jstep(state, _batch(8), jax.random.key(1))
+    b, _ = jstep(state, _batch(8), jax.random.key(1))
+    c, _ = jstep(state, _batch(8), jax.random.key(2))
+    la, lb, lc = (jax.tree.leaves(jax.device_get(s.params)) for s in (a, b, c))
+    assert all(np.array_equal(x, y) for x, y in zip(la, lb))
+    assert not all(np.array_equal(x, y) for x, y in zip(la, lc))
+
+
+def test_partition_errors_are_clear():
+    from brainjax.errors import UserError
+
+    params = {"backbone": {"c": {"kernel": np.zeros(2)}}, "head": {"logits": {"kernel": np.zeros(2)}}}
+    with pytest.raises(UserError, match="match no parameter"):
+        partition.labels(params, ["^haed/"])
+    labels = partition.labels(params, ["^head/"])
+    assert labels == {"backbone": {"c": {"kernel": "frozen"}}, "head": {"logits": {"kernel": "trainable"}}}
