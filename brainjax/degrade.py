@@ -21,10 +21,8 @@ from __future__ import annotations
 from brainjax.errors import UserError
 
 import functools
-import math
 from typing import Callable, Mapping, Sequence
 
-import dm_pix
 import jax
 import jax.numpy as jnp
 
@@ -40,7 +38,6 @@ SEVERITIES: Mapping[str, tuple[float, ...]] = {
 }
 NAMES: tuple[str, ...] = tuple(SEVERITIES)
 REFERENCE_SIZE = 224
-_MAX_BLUR_SIGMA_224 = 8.0  # the largest level any config may ask for (static kernel size)
 
 
 def gaussian_noise(image: jax.Array, key: jax.Array, sigma: jax.Array) -> jax.Array:
@@ -48,25 +45,33 @@ def gaussian_noise(image: jax.Array, key: jax.Array, sigma: jax.Array) -> jax.Ar
     return jnp.clip(image + sigma * jax.random.normal(key, image.shape, image.dtype), 0.0, 1.0)
 
 
-def _blur_kernel_size(height: int) -> int:
-    sigma_max = _MAX_BLUR_SIGMA_224 * height / REFERENCE_SIZE
-    return 2 * math.ceil(3 * sigma_max) + 1
+def blur_matrix(size: int, sigma: jax.Array) -> jax.Array:
+    """[size, size] matrix M with (M @ x) = 1-D Gaussian blur of x along its first axis,
+    with whole-sample symmetric ('reflect') boundaries folded in: entry (i, j) sums the
+    kernel over j and its mirror images -j and 2(size-1)-j. Rows sum to 1."""
+    i = jnp.arange(size, dtype=jnp.float32)[:, None]
+    j = jnp.arange(size, dtype=jnp.float32)[None, :]
+    g = lambda d: jnp.exp(-0.5 * (d / sigma) ** 2)
+    m = g(i - j) + jnp.where(j >= 1, g(i + j), 0.0) + jnp.where(j <= size - 2, g(i - (2 * (size - 1) - j)), 0.0)
+    norm = jnp.sum(g(jnp.arange(-(size - 1), size, dtype=jnp.float32)))
+    return m / norm
 
 
 def gaussian_blur(image: jax.Array, key: jax.Array, sigma_224: jax.Array) -> jax.Array:
-    """Gaussian blur (dm-pix, separable) with sigma given in pixels at 224 px.
+    """Gaussian blur with sigma given in pixels at 224 px (scaled to the image size).
 
-    The kernel size is static (from the largest supported sigma) so one compiled step
-    serves every severity; sigma itself is traced. Edges are reflected, not zero-padded,
-    so the border does not darken.
+    Separable, as two small matrix products (rows, then columns) with reflected edges,
+    so the border does not darken. The same filter as dm-pix's `gaussian_blur` on a
+    reflect-padded image (tests check it), but ~10x faster here: with a different sigma
+    per example, vmapped dm-pix becomes a grouped depthwise convolution, which XLA's CPU
+    backend runs slowly, while batched small matmuls are its strength.
     """
     del key
-    height = image.shape[0]
-    sigma = jnp.maximum(sigma_224 * height / REFERENCE_SIZE, 1e-3)
-    ksize = min(_blur_kernel_size(height), 2 * (height // 2) - 1)
-    pad = ksize // 2
-    padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
-    return dm_pix.gaussian_blur(padded, sigma, ksize, padding="VALID")
+    height, width, _ = image.shape
+    scale = height / REFERENCE_SIZE
+    sigma = jnp.maximum(sigma_224 * scale, 1e-3)
+    rows, cols = blur_matrix(height, sigma), blur_matrix(width, sigma)
+    return jnp.einsum("ij,jkc,lk->ilc", rows, image, cols, precision=jax.lax.Precision.HIGHEST)
 
 
 def downsample(image: jax.Array, key: jax.Array, factor: jax.Array) -> jax.Array:

@@ -26,7 +26,7 @@ def test_builder_counts_and_features(data_dir):
     import tensorflow_datasets as tfds
 
     builder = tfds.builder("brain_phantom/small", data_dir=data_dir)
-    assert builder.info.splits["train"].num_examples == 240
+    assert builder.info.splits["train"].num_examples == 800
     assert builder.info.splits["test"].num_examples == 120
     assert builder.info.features["label"].names == list(phantom.CLASS_NAMES)
     ex = next(iter(tfds.as_numpy(builder.as_dataset(split="train").take(1))))
@@ -42,7 +42,7 @@ def _pipeline(config, devices=8, process_index=0, process_count=1):
 def test_train_batches_shape_dtype_and_seeded_shuffle(smoke_config):
     p = _pipeline(smoke_config)
     epoch0 = list(p.train_epoch("train", 0, seed=0))
-    assert len(epoch0) == 240 // 32 == p.steps_per_epoch("train")
+    assert len(epoch0) == 800 // 32 == p.steps_per_epoch("train")
     batch = epoch0[0]
     assert batch["image"].shape == (8, 4, 32, 32, 1) and batch["image"].dtype == np.uint8
     assert batch["label"].shape == (8, 4) and batch["label"].dtype == np.int32
@@ -58,6 +58,7 @@ def test_train_batches_shape_dtype_and_seeded_shuffle(smoke_config):
 def test_eval_sees_every_example_exactly_once(smoke_config, eval_batch, process_count):
     smoke_config.eval_batch_size = eval_batch
     devices = 8 if eval_batch % (8 * process_count) == 0 else (4 if eval_batch % (4 * process_count) == 0 else 2)
+    smoke_config.batch_size = devices * process_count
     indices, counts = [], []
     for proc in range(process_count):
         p = _pipeline(smoke_config, devices, proc, process_count)

@@ -90,3 +90,20 @@ def test_bad_names_and_severities_are_clear():
         degrade.level_for("fog", 1)
     with pytest.raises(UserError, match="severity"):
         degrade.level_for("gaussian_noise", 6)
+
+
+@pytest.mark.parametrize("sigma_224", [1.0, 3.0, 6.0])
+def test_blur_matches_scipy_and_dm_pix(sigma_224):
+    """Our matrix-form blur == scipy.ndimage.gaussian_filter (mode='mirror', i.e. the
+    whole-sample reflection of jnp.pad 'reflect') == dm-pix on a reflect-padded image."""
+    import dm_pix
+    import scipy.ndimage as ndi
+
+    x = np.random.default_rng(0).random((40, 56, 1)).astype(np.float32)
+    sigma = sigma_224 * 40 / 224
+    ours = np.asarray(degrade.gaussian_blur(jnp.asarray(x), None, sigma_224))
+    ref = ndi.gaussian_filter(x[..., 0], sigma, mode="mirror", truncate=8.0)
+    np.testing.assert_allclose(ours[..., 0], ref, atol=1e-5)
+    k = 2 * int(np.ceil(4 * sigma)) + 1
+    padded = jnp.pad(jnp.asarray(x), ((k // 2, k // 2), (k // 2, k // 2), (0, 0)), mode="reflect")
+    np.testing.assert_allclose(ours, dm_pix.gaussian_blur(padded, sigma, k, padding="VALID"), atol=1e-5)

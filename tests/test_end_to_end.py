@@ -70,7 +70,7 @@ def trained_workdir(tmp_path_factory, data_dir):
     """A short real run through launch.py (subprocess, default 8 fake devices)."""
     workdir = str(tmp_path_factory.mktemp("e2e"))
     cmd = [sys.executable, "launch.py", f"--workdir={workdir}", "--config=configs/smoke.py",
-           f"--config.data_dir={data_dir}", "--config.num_epochs=12", "--config.image_size=48",
+           f"--config.data_dir={data_dir}", "--config.num_epochs=25", "--config.image_size=48",
            "--config.model.tiny.widths=(8,16,32)", "--config.model.tiny.convs_per_block=2",
            "--config.model.tiny.batchnorm=True", "--config.model.base_batchnorm_train=True",
            "--config.optimizer.learning_rate=0.003", "--config.train_degrade.recipe=none",
@@ -83,7 +83,7 @@ def trained_workdir(tmp_path_factory, data_dir):
 
 def test_launch_trains_learns_and_reports(trained_workdir):
     workdir, log = trained_workdir
-    assert "epoch 12/12" in log or "early stopping" in log
+    assert "epoch 25/25" in log or "early stopping" in log
     report = json.load(open(os.path.join(workdir, "report.json")))
     clean = report["clean"]
     assert report["num_examples"] == 120
