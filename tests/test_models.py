@@ -81,3 +81,24 @@ def test_unknown_backbone_is_clear():
 
     with pytest.raises(UserError, match="model.backbone"):
         models.make_backbone("alexnet")
+
+
+@pytest.mark.parametrize("name", ["default", "smoke", "vgg16_frozen", "vgg19_frozen", "resnet50v2_frozen",
+                                  "vgg16_finetune_block5"])
+def test_configs_build_their_model_and_partition(name):
+    import importlib
+
+    from brainjax import partition
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    model = models.create_model(config.model, 4)
+    size = min(config.image_size, 64)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 1))))
+    labels = traverse_util.flatten_dict(partition.labels(variables["params"], config.trainable))
+    trainable = {"/".join(k) for k, v in labels.items() if v == "trainable"}
+    assert any(k.startswith("head/") for k in trainable)
+    if name == "vgg16_finetune_block5":
+        assert any(k.startswith("backbone/block5_") for k in trainable)
+        assert not any(k.startswith("backbone/block4_") for k in trainable)
+    elif config.model.weights == "imagenet":
+        assert all(k.startswith("head/") for k in trainable)

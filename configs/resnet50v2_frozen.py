@@ -1,0 +1,7 @@
+"""resnet50v2 with ImageNet weights, frozen base, enhanced head (the card's recipe)."""
+
+from configs import transfer
+
+
+def get_config():
+    return transfer.get_config("resnet50v2")
