@@ -4,6 +4,7 @@
   python launch.py --workdir=... --config=configs/smoke.py --config.num_epochs=3
   python launch.py --workdir=... --mode=evaluate                 # re-evaluate the best checkpoint
   python launch.py --workdir=... --mode=predict --images=a.jpg,b.png
+  python launch.py --workdir=... --mode=gallery --images=x.jpg   # every corruption x severity
 """
 
 import logging
@@ -18,8 +19,8 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/default.py", "Config file (ml_collections).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"], "What to do.")
-flags.DEFINE_list("images", [], "Image files for --mode=predict.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "gallery"], "What to do.")
+flags.DEFINE_list("images", [], "Image files for --mode=predict / --mode=gallery.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-process clusters).")
 flags.mark_flag_as_required("workdir")
 

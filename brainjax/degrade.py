@@ -26,17 +26,32 @@ from typing import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-# Severity 1..5 levels per corruption.
-GAUSSIAN_NOISE_SIGMA = (0.08, 0.12, 0.18, 0.26, 0.38)  # ImageNet-C gaussian_noise
+# Severity 1..5 levels per corruption (physical units; see BUILD_NOTES.md).
+GAUSSIAN_NOISE_SIGMA = (0.08, 0.12, 0.18, 0.26, 0.38)  # ImageNet-C gaussian_noise, std on [0, 1]
+RICIAN_NOISE_SIGMA = (0.04, 0.07, 0.10, 0.14, 0.20)  # std of each (real, imaginary) channel
 GAUSSIAN_BLUR_SIGMA_224 = (1.0, 2.0, 3.0, 4.0, 6.0)  # ImageNet-C gaussian_blur, px at 224
+MOTION_BLUR_LENGTH_224 = (6.0, 10.0, 15.0, 22.0, 30.0)  # blur path length, px at 224
 DOWNSAMPLE_FACTOR = (0.6, 0.5, 0.4, 0.3, 0.25)  # ImageNet-C pixelate factors
+KSPACE_KEEP_FRACTION = (0.5, 0.35, 0.25, 0.18, 0.12)  # share of phase-encode lines kept
+MOTION_GHOSTING_SHIFT_224 = (3.0, 5.0, 8.0, 11.0, 15.0)  # displacement of moved lines, px at 224
+BIAS_FIELD_LOG_AMPLITUDE = (0.15, 0.25, 0.35, 0.5, 0.7)  # field in [exp(-a), exp(a)]
+CONTRAST_FACTOR = (0.4, 0.3, 0.2, 0.1, 0.05)  # ImageNet-C contrast
+JPEG_QUALITY = (25.0, 18.0, 15.0, 10.0, 7.0)  # ImageNet-C jpeg_compression
 
 SEVERITIES: Mapping[str, tuple[float, ...]] = {
     "gaussian_noise": GAUSSIAN_NOISE_SIGMA,
+    "rician_noise": RICIAN_NOISE_SIGMA,
     "gaussian_blur": GAUSSIAN_BLUR_SIGMA_224,
+    "motion_blur": MOTION_BLUR_LENGTH_224,
     "downsample": DOWNSAMPLE_FACTOR,
+    "kspace_undersample": KSPACE_KEEP_FRACTION,
+    "motion_ghosting": MOTION_GHOSTING_SHIFT_224,
+    "bias_field": BIAS_FIELD_LOG_AMPLITUDE,
+    "contrast": CONTRAST_FACTOR,
+    "jpeg": JPEG_QUALITY,
 }
 NAMES: tuple[str, ...] = tuple(SEVERITIES)
+BASIC_NAMES: tuple[str, ...] = ("gaussian_noise", "gaussian_blur", "downsample")  # the seed's three
 REFERENCE_SIZE = 224
 
 
@@ -95,11 +110,154 @@ def downsample(image: jax.Array, key: jax.Array, factor: jax.Array) -> jax.Array
     return jnp.clip(up, 0.0, 1.0)
 
 
+def rician_noise(image: jax.Array, key: jax.Array, sigma: jax.Array) -> jax.Array:
+    """Magnitude-image noise |x + n1 + i n2|, n1, n2 ~ N(0, sigma^2): what MRI magnitude
+    images carry (biased upwards in dark regions, Gaussian-like in bright ones)."""
+    k1, k2 = jax.random.split(key)
+    real = image + sigma * jax.random.normal(k1, image.shape, image.dtype)
+    imag = sigma * jax.random.normal(k2, image.shape, image.dtype)
+    return jnp.clip(jnp.sqrt(real**2 + imag**2), 0.0, 1.0)
+
+
+_MOTION_TAPS = 17
+
+
+def motion_blur(image: jax.Array, key: jax.Array, length_224: jax.Array) -> jax.Array:
+    """Linear motion blur: the mean of the image sampled at 17 points along a segment of
+    `length` px (at 224 px, scaled), in a random direction per example; bilinear sampling,
+    mirrored edges."""
+    height, width, channels = image.shape
+    length = length_224 * height / REFERENCE_SIZE
+    angle = jax.random.uniform(key, (), minval=0.0, maxval=jnp.pi)
+    t = (jnp.arange(_MOTION_TAPS, dtype=jnp.float32) / (_MOTION_TAPS - 1) - 0.5) * length
+    rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij")
+
+    def sample(offset):
+        coords = [rows + offset * jnp.sin(angle), cols + offset * jnp.cos(angle)]
+        return jnp.stack([jax.scipy.ndimage.map_coordinates(image[..., c], coords, order=1, mode="mirror")
+                          for c in range(channels)], axis=-1)
+
+    return jnp.mean(jax.vmap(sample)(t), axis=0)
+
+
+def _kspace(image: jax.Array) -> jax.Array:
+    return jnp.fft.fftshift(jnp.fft.fft2(image, axes=(0, 1)), axes=(0, 1))
+
+
+def _image(kspace: jax.Array) -> jax.Array:
+    return jnp.clip(jnp.abs(jnp.fft.ifft2(jnp.fft.ifftshift(kspace, axes=(0, 1)), axes=(0, 1))), 0.0, 1.0)
+
+
+def kspace_mask(key: jax.Array, lines: int, keep: jax.Array) -> jax.Array:
+    """[lines] 0/1 mask of kept phase-encode lines (k-space centred): half of the budget
+    round(keep * lines) is the contiguous low-frequency centre (Gibbs ringing), the other
+    half random outer lines (incoherent aliasing), like a variable-density Cartesian scan."""
+    n_keep = jnp.clip(jnp.round(keep * lines), 1, lines)
+    n_center = jnp.ceil(n_keep / 2)
+    distance = jnp.abs(jnp.arange(lines) - lines // 2).astype(jnp.float32)
+    # Rank lines: centre lines first (by distance), then the rest in random order.
+    order = jnp.argsort(distance + 0.1 * jax.random.uniform(key, (lines,), minval=0, maxval=0.5))
+    center_rank = jnp.empty(lines, jnp.int32).at[order].set(jnp.arange(lines, dtype=jnp.int32))
+    is_center = center_rank < n_center
+    scores = jnp.where(is_center, -1.0, jax.random.uniform(jax.random.fold_in(key, 1), (lines,)))
+    rank = jnp.empty(lines, jnp.int32).at[jnp.argsort(scores)].set(jnp.arange(lines, dtype=jnp.int32))
+    return (rank < n_keep).astype(jnp.float32)
+
+
+def kspace_undersample(image: jax.Array, key: jax.Array, keep: jax.Array) -> jax.Array:
+    """Keeps a share `keep` of the phase-encode (row) lines of k-space, zero-fills the rest."""
+    mask = kspace_mask(key, image.shape[0], keep)
+    return _image(_kspace(image) * mask[:, None, None])
+
+
+def motion_ghosting(image: jax.Array, key: jax.Array, shift_224: jax.Array) -> jax.Array:
+    """Rigid motion during part of the scan: a random share (growing with the level, up to
+    half) of the phase-encode lines is acquired with the head displaced by `shift` px along
+    the phase-encode axis, i.e. those lines get the phase ramp exp(-2 pi i k dy / H). The
+    inconsistency shows as ghost copies along that axis."""
+    height = image.shape[0]
+    dy = shift_224 * height / REFERENCE_SIZE
+    share = jnp.minimum(0.5, shift_224 / 30.0)
+    k_lines, k_sign = jax.random.split(key)
+    moved = jax.random.uniform(k_lines, (height,)) < share
+    sign = jnp.where(jax.random.bernoulli(k_sign), 1.0, -1.0)
+    freq = (jnp.arange(height) - height // 2) / height
+    ramp = jnp.exp(-2j * jnp.pi * freq * dy * sign)
+    phase = jnp.where(moved, ramp, 1.0 + 0j)
+    return _image(_kspace(image) * phase[:, None, None])
+
+
+def smooth_field(key: jax.Array, height: int, width: int, components: int = 6) -> jax.Array:
+    """A smooth random field in [-1, 1]: sum of a few random low-frequency cosines."""
+    kf, kp, ka = jax.random.split(key, 3)
+    freqs = jax.random.uniform(kf, (components, 2), minval=-1.2, maxval=1.2)  # cycles per image
+    phases = jax.random.uniform(kp, (components,), minval=0, maxval=2 * jnp.pi)
+    amps = jax.random.uniform(ka, (components,), minval=0.3, maxval=1.0)
+    y = jnp.linspace(0, 1, height)[:, None, None]
+    x = jnp.linspace(0, 1, width)[None, :, None]
+    field = jnp.sum(amps * jnp.cos(2 * jnp.pi * (freqs[:, 0] * y + freqs[:, 1] * x) + phases), axis=-1)
+    return field / jnp.maximum(jnp.max(jnp.abs(field)), 1e-6)
+
+
+def bias_field(image: jax.Array, key: jax.Array, log_amplitude: jax.Array) -> jax.Array:
+    """Smooth multiplicative intensity inhomogeneity exp(a * f), f smooth in [-1, 1]."""
+    field = jnp.exp(log_amplitude * smooth_field(key, *image.shape[:2]))
+    return jnp.clip(image * field[..., None], 0.0, 1.0)
+
+
+def contrast(image: jax.Array, key: jax.Array, factor: jax.Array) -> jax.Array:
+    """Reduced contrast around the image mean (ImageNet-C contrast)."""
+    del key
+    mean = jnp.mean(image, axis=(0, 1), keepdims=True)
+    return jnp.clip((image - mean) * factor + mean, 0.0, 1.0)
+
+
+_JPEG_LUMA = jnp.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], jnp.float32).reshape(8, 8)
+
+
+def _dct_matrix(n: int = 8) -> jax.Array:
+    k = jnp.arange(n, dtype=jnp.float32)[:, None]
+    i = jnp.arange(n, dtype=jnp.float32)[None, :]
+    m = jnp.cos(jnp.pi * (2 * i + 1) * k / (2 * n)) * jnp.sqrt(2.0 / n)
+    return m.at[0].multiply(1 / jnp.sqrt(2.0))
+
+
+def jpeg(image: jax.Array, key: jax.Array, quality: jax.Array) -> jax.Array:
+    """Baseline-JPEG luminance artifacts on device: 8x8 block DCT, quantisation with the
+    standard table scaled by `quality` (libjpeg's formula), dequantisation, inverse DCT.
+    No entropy coding (lossless, so irrelevant to the artifacts) and no chroma (grayscale)."""
+    del key
+    height, width, channels = image.shape
+    ph, pw = -height % 8, -width % 8
+    x = jnp.pad(image, ((0, ph), (0, pw), (0, 0)), mode="edge") * 255.0 - 128.0
+    blocks = x.reshape((height + ph) // 8, 8, (width + pw) // 8, 8, channels)
+    scale = jnp.where(quality < 50, 5000.0 / quality, 200.0 - 2.0 * quality)
+    table = jnp.clip(jnp.floor((_JPEG_LUMA * scale + 50.0) / 100.0), 1.0, 255.0)
+    d = _dct_matrix()
+    hi = jax.lax.Precision.HIGHEST
+    coef = jnp.einsum("ui,aibjc,vj->aubvc", d, blocks, d, precision=hi)
+    coef = jnp.round(coef / table[None, :, None, :, None]) * table[None, :, None, :, None]
+    out = jnp.einsum("ui,aubvc,vj->aibjc", d, coef, d, precision=hi)
+    out = out.reshape(height + ph, width + pw, channels)[:height, :width]
+    return jnp.clip((out + 128.0) / 255.0, 0.0, 1.0)
+
+
 CORRUPTIONS: Mapping[str, Callable[[jax.Array, jax.Array, jax.Array], jax.Array]] = {
     "gaussian_noise": gaussian_noise,
+    "rician_noise": rician_noise,
     "gaussian_blur": gaussian_blur,
+    "motion_blur": motion_blur,
     "downsample": downsample,
+    "kspace_undersample": kspace_undersample,
+    "motion_ghosting": motion_ghosting,
+    "bias_field": bias_field,
+    "contrast": contrast,
+    "jpeg": jpeg,
 }
+assert tuple(CORRUPTIONS) == NAMES
 
 
 def level_for(name: str, severity: int) -> float:
@@ -130,12 +288,17 @@ def example_keys(rng: jax.Array, indices: jax.Array) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(rng, i))(indices)
 
 
-def _chain_one(image, key, names: Sequence[str], ranges: Sequence[tuple[float, float]], prob: float):
-    """Seed recipe for one image: with probability `prob`, a random non-empty subset of
-    `names` (1..len uniformly), in random order, each at a uniform level from its range."""
+def _chain_one(image, key, names: Sequence[str], ranges: Sequence[tuple[float, float]], prob: float,
+               max_ops: int = 3):
+    """Seed recipe for one image: with probability `prob`, a chain of 1..max_ops (uniform)
+    distinct corruptions drawn from `names`, in random order, each at a level uniform in
+    its range. With the seed's three corruptions this is "a random non-empty subset, in
+    random order". Under vmap every branch of the switch runs, so the cost is
+    max_ops x len(names) corruptions per image."""
     k_apply, k_count, k_order, k_level, k_ops = jax.random.split(key, 5)
     n = len(names)
-    count = jax.random.randint(k_count, (), 1, n + 1)
+    slots = min(max_ops, n)
+    count = jax.random.randint(k_count, (), 1, slots + 1)
     order = jax.random.permutation(k_order, n)
     lo = jnp.array([r[0] for r in ranges], jnp.float32)
     hi = jnp.array([r[1] for r in ranges], jnp.float32)
@@ -144,8 +307,21 @@ def _chain_one(image, key, names: Sequence[str], ranges: Sequence[tuple[float, f
     branches = [functools.partial(lambda f, i, x: f(x, op_keys[i], levels[i]), CORRUPTIONS[nm], i)
                 for i, nm in enumerate(names)]
     out = image
-    for slot in range(n):
+    for slot in range(slots):
         out = jnp.where(slot < count, jax.lax.switch(order[slot], branches, out), out)
+    return jnp.where(jax.random.bernoulli(k_apply, prob), out, image)
+
+
+def _augmix_one(image, key, names, ranges, prob, max_ops, width):
+    """AugMix-style: `width` independent chains mixed with Dirichlet(1) weights, then blended
+    with the original by m ~ Beta(1, 1)."""
+    k_w, k_m, k_apply, k_chains = jax.random.split(key, 4)
+    weights = jax.random.dirichlet(k_w, jnp.ones(width))
+    chains = jnp.stack([_chain_one(image, k, names, ranges, 1.0, max_ops)
+                        for k in jax.random.split(k_chains, width)])
+    mixed = jnp.tensordot(weights, chains, axes=1)
+    m = jax.random.beta(k_m, 1.0, 1.0)
+    out = m * image + (1 - m) * mixed
     return jnp.where(jax.random.bernoulli(k_apply, prob), out, image)
 
 
@@ -159,8 +335,10 @@ def augment(images: jax.Array, keys: jax.Array, cfg: Mapping) -> jax.Array:
     """Training-time degradation per `cfg` (see configs/default.py, `train_degrade`).
 
     cfg.flip_lr: random left-right mirroring first (geometry, not a degradation).
-    cfg.recipe: 'none' | 'chain' (seed recipe) | 'one' (exactly one random corruption).
-    cfg.prob: share of images degraded. cfg.<name>: (low, high) level range per corruption;
+    cfg.recipe: 'none' | 'chain' (seed recipe: 1..max_ops corruptions in random order) |
+      'one' (exactly one random corruption) | 'augmix' (cfg.augmix_width mixed chains).
+    cfg.prob: share of images degraded. cfg.max_ops: longest chain (default 3).
+    cfg.<name>: (low, high) level range per corruption (units of brainjax.degrade.SEVERITIES);
     only corruptions with a range are used.
     """
     if cfg.get("flip_lr", False):
@@ -172,15 +350,15 @@ def augment(images: jax.Array, keys: jax.Array, cfg: Mapping) -> jax.Array:
     names = [nm for nm in NAMES if cfg.get(nm) is not None]
     if not names:
         raise UserError("train_degrade has a recipe but no corruption ranges "
-                         f"(set any of {NAMES} to a (low, high) pair)")
+                        f"(set any of {NAMES} to a (low, high) pair)")
     ranges = [tuple(cfg[nm]) for nm in names]
-    if recipe == "one":
-        def one(image, key):
-            k_pick, k_rest = jax.random.split(key)
-            pick = jax.random.randint(k_pick, (), 0, len(names))
-            outs = [_chain_one(image, k_rest, [nm], [rg], cfg["prob"]) for nm, rg in zip(names, ranges)]
-            return jnp.stack(outs)[pick]
-        return jax.vmap(one)(images, keys)
-    if recipe != "chain":
-        raise UserError(f"train_degrade.recipe must be 'none', 'chain' or 'one', got {recipe!r}")
-    return jax.vmap(lambda im, k: _chain_one(im, k, names, ranges, cfg["prob"]))(images, keys)
+    prob, max_ops = cfg["prob"], int(cfg.get("max_ops", 3))
+    if recipe == "chain":
+        fn = lambda im, k: _chain_one(im, k, names, ranges, prob, max_ops)
+    elif recipe == "one":
+        fn = lambda im, k: _chain_one(im, k, names, ranges, prob, 1)
+    elif recipe == "augmix":
+        fn = lambda im, k: _augmix_one(im, k, names, ranges, prob, max_ops, int(cfg.get("augmix_width", 3)))
+    else:
+        raise UserError(f"train_degrade.recipe must be 'none', 'chain', 'one' or 'augmix', got {recipe!r}")
+    return jax.vmap(fn)(images, keys)

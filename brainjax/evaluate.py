@@ -63,11 +63,45 @@ def robustness_grid(eval_fns: Mapping[str | None, Callable], rstate: Any, batche
     return clean, degraded
 
 
-def summarize(clean: dict, degraded: dict) -> dict:
+def summarize(clean: dict, degraded: dict, reference: dict | None = None) -> dict:
+    """Mean corruption accuracy, and with a reference report the ImageNet-C style
+    corruption errors: CE_c = sum_s err(c, s) / sum_s err_ref(c, s); mCE = mean_c CE_c;
+    relative mCE uses (err - clean err) in numerator and denominator."""
     per = {name: float(np.mean([m["accuracy"] for m in sev.values()])) for name, sev in degraded.items()}
-    return {"clean_accuracy": clean["accuracy"], "clean_macro_f1": clean["macro_f1"],
-            "mean_degraded_accuracy": float(np.mean(list(per.values()))) if per else None,
-            "per_corruption_accuracy": per}
+    out = {"clean_accuracy": clean["accuracy"], "clean_macro_f1": clean["macro_f1"],
+           "mean_degraded_accuracy": float(np.mean(list(per.values()))) if per else None,
+           "per_corruption_accuracy": per}
+    if reference is not None:
+        ce, rel = {}, {}
+        ref_clean_err = 1 - reference["clean"]["accuracy"]
+        for name, sev in degraded.items():
+            ref = reference["degraded"].get(name)
+            if not ref or set(ref) != set(sev):
+                continue
+            err = sum(1 - sev[s]["accuracy"] for s in sev)
+            ref_err = sum(1 - ref[s]["accuracy"] for s in sev)
+            ce[name] = err / max(ref_err, 1e-9)
+            rel_ref = ref_err - len(sev) * ref_clean_err
+            rel[name] = (err - len(sev) * (1 - clean["accuracy"])) / rel_ref if abs(rel_ref) > 1e-9 else None
+        out["corruption_error"] = ce
+        out["mCE"] = float(np.mean(list(ce.values()))) if ce else None
+        rel_values = [v for v in rel.values() if v is not None]
+        out["relative_mCE"] = float(np.mean(rel_values)) if rel_values else None
+        out["reference"] = reference.get("source", "reference report")
+    return out
+
+
+def load_reference(path: str | None) -> dict | None:
+    """The report.json of the reference model for mCE (config.eval.reference_report)."""
+    if not path:
+        return None
+    if not os.path.isfile(path):
+        from brainjax.errors import UserError
+
+        raise UserError(f"config.eval.reference_report={path} does not exist; point it at the report.json "
+                        "of the reference model (e.g. the same config trained with train_degrade.recipe=none)")
+    with open(path) as f:
+        return {**json.load(f), "source": path}
 
 
 def evaluate(config: Any, eval_fns: Mapping, rstate: Any, pipeline: Any, workdir: str, rng: jax.Array) -> dict:
@@ -78,7 +112,7 @@ def evaluate(config: Any, eval_fns: Mapping, rstate: Any, pipeline: Any, workdir
                                       pipeline.class_names, tuple(config.eval.corruptions), severities)
     report = {"dataset": config.dataset, "split": split, "num_examples": pipeline.num_examples(split),
               "class_names": pipeline.class_names, "clean": clean, "degraded": degraded,
-              "summary": summarize(clean, degraded)}
+              "summary": summarize(clean, degraded, load_reference(config.eval.get("reference_report")))}
     if jax.process_index() == 0:
         write_report(report, workdir)
     log.info("test %s: clean accuracy %.4f, macro F1 %.4f; %s", split, clean["accuracy"], clean["macro_f1"],
@@ -118,22 +152,67 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title:
 
 
 def plot_robustness(report: dict, path: str) -> None:
+    """Accuracy vs severity per corruption (left) and the corruption x severity grid (right)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, sev in report["degraded"].items():
-        xs = [0] + [int(s) for s in sev]
-        ys = [report["clean"]["accuracy"]] + [m["accuracy"] for m in sev.values()]
-        ax.plot(xs, ys, marker="o", label=name)
+    names = list(report["degraded"])
+    severities = list(next(iter(report["degraded"].values())))
+    grid = np.array([[report["degraded"][n][s]["accuracy"] for s in severities] for n in names])
+    fig, (ax, hm) = plt.subplots(1, 2, figsize=(12, 0.45 * len(names) + 3.2),
+                                 gridspec_kw={"width_ratios": [1.2, 1]})
+    for name, row in zip(names, grid):
+        ax.plot([0] + [int(s) for s in severities], [report["clean"]["accuracy"], *row], marker="o", label=name)
     ax.axhline(1.0 / len(report["class_names"]), color="grey", ls=":", label="chance")
     ax.set_xlabel("severity (0 = clean)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"robustness: {report['dataset']} {report['split']}", fontsize=9)
-    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    im = hm.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            hm.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if grid[i, j] < 0.6 else "black")
+    hm.set_xticks(range(len(severities)), severities)
+    hm.set_yticks(range(len(names)), names, fontsize=8)
+    hm.set_xlabel("severity")
+    fig.colorbar(im, ax=hm, fraction=0.05)
+    summary = report["summary"]
+    title = f"robustness: {report['dataset']} {report['split']}, clean {summary['clean_accuracy']:.3f}"
+    if summary.get("mean_degraded_accuracy") is not None:
+        title += f", mean corruption accuracy {summary['mean_degraded_accuracy']:.3f}"
+    if summary.get("mCE") is not None:
+        title += f", mCE {summary['mCE']:.3f}"
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def gallery(image: np.ndarray, path: str, names: Sequence[str] = degrade.NAMES, seed: int = 0) -> None:
+    """Every corruption at every severity on one image (float [H, W, 1] in [0, 1]): rows are
+    corruptions, columns clean + severities 1..5. Shows users what the models train against."""
+    import jax.numpy as jnp
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_sev = len(next(iter(degrade.SEVERITIES.values())))
+    fig, axes = plt.subplots(len(names), n_sev + 1, figsize=(1.6 * (n_sev + 1), 1.6 * len(names)))
+    x = jnp.asarray(image, jnp.float32)[None]
+    for r, name in enumerate(names):
+        row = [np.asarray(image)] + [np.asarray(degrade.corrupt(x, name, s, jax.random.key(seed))[0])
+                                     for s in range(1, n_sev + 1)]
+        for c, im in enumerate(row):
+            ax = axes[r, c]
+            ax.imshow(im[..., 0], cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("clean" if c == 0 else f"severity {c}", fontsize=8)
+        axes[r, 0].set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -57,6 +57,30 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequen
     return failures
 
 
+def gallery_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequence[str]) -> int:
+    """Writes <workdir>/gallery[_N].png: every corruption x severity on each image."""
+    import os
+
+    from brainjax import evaluate
+    from brainjax.data.pipeline import load_image_file
+
+    if not paths:
+        raise UserError("--mode=gallery needs --images=x.jpg")
+    os.makedirs(workdir, exist_ok=True)
+    failures = 0
+    for i, path in enumerate(paths):
+        try:
+            image = load_image_file(path, config.image_size).astype(np.float32) / 255.0
+        except UserError as err:
+            print(f"ERROR {err}", file=sys.stderr)
+            failures += 1
+            continue
+        out = os.path.join(workdir, "gallery.png" if i == 0 else f"gallery_{i}.png")
+        evaluate.gallery(image, out)
+        print(f"{path}: wrote {out}")
+    return failures
+
+
 def main(config: ml_collections.ConfigDict, workdir: str, mode: str, images: Sequence[str] = ()) -> int:
     from brainjax import train
 
@@ -67,6 +91,8 @@ def main(config: ml_collections.ConfigDict, workdir: str, mode: str, images: Seq
             evaluate_workdir(config, workdir)
         elif mode == "predict":
             return 1 if predict_files(config, workdir, images) else 0
+        elif mode == "gallery":
+            return 1 if gallery_files(config, workdir, images) else 0
         else:
             raise UserError(f"unknown mode {mode!r}")
     except (UserError, FloatingPointError, FileNotFoundError) as err:

@@ -52,14 +52,21 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Degradation during training (on device, per example): the seed recipe = a random
     # non-empty subset of the corruptions, in random order, levels uniform in the ranges.
+    # Any corruption of brainjax.degrade.NAMES can be added with a (low, high) range;
+    # recipe: none | chain | one | augmix (see brainjax/degrade.py `augment`).
     c.train_degrade = ml_collections.ConfigDict(dict(
-        flip_lr=True, recipe="chain", prob=0.5,
+        flip_lr=True, recipe="chain", prob=0.5, max_ops=3, augmix_width=3,
         gaussian_noise=(0.02, 0.2),  # noise std on [0, 1]
         gaussian_blur=(0.5, 5.0),  # sigma in px at 224 px (scaled to the image size)
         downsample=(0.3, 0.8),  # kept fraction of the side
     ))
 
     # Evaluation: clean + each corruption at each severity (brainjax.degrade constants).
-    c.eval = ml_collections.ConfigDict(dict(corruptions=("gaussian_noise", "gaussian_blur", "downsample"),
-                                            severities=(1, 2, 3, 4, 5)))
+    # reference_report: report.json of a reference model (e.g. this config trained with
+    # train_degrade.recipe=none) -> corruption errors and mCE in the summary.
+    c.eval = ml_collections.ConfigDict(dict(
+        corruptions=("gaussian_noise", "rician_noise", "gaussian_blur", "motion_blur", "downsample",
+                     "kspace_undersample", "motion_ghosting", "bias_field", "contrast", "jpeg"),
+        severities=(1, 2, 3, 4, 5)))
+    c.eval.reference_report = ml_collections.config_dict.placeholder(str)
     return c

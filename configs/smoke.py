@@ -17,5 +17,6 @@ def get_config():
     c.model.dropout = 0.0
     c.num_epochs = 2
     c.log_every_steps = 2
+    c.eval.corruptions = ("gaussian_noise", "gaussian_blur", "downsample")
     c.eval.severities = (1, 5)
     return c

@@ -107,3 +107,105 @@ def test_blur_matches_scipy_and_dm_pix(sigma_224):
     k = 2 * int(np.ceil(4 * sigma)) + 1
     padded = jnp.pad(jnp.asarray(x), ((k // 2, k // 2), (k // 2, k // 2), (0, 0)), mode="reflect")
     np.testing.assert_allclose(ours, dm_pix.gaussian_blur(padded, sigma, k, padding="VALID"), atol=1e-5)
+
+
+# ---------------------------------------------------------------- MRI corruption suite
+
+
+def _psnr(a, b):
+    mse = float(jnp.mean((a - b) ** 2))
+    return 10 * np.log10(1.0 / max(mse, 1e-12))
+
+
+@pytest.mark.parametrize("name", degrade.NAMES)
+def test_every_corruption_jits_is_deterministic_and_monotonic(name):
+    x = _images(4)
+    fn = jax.jit(degrade.corrupt, static_argnums=(1, 2))
+    outs = [fn(x, name, s, jax.random.key(7)) for s in range(1, 6)]
+    for y in outs:
+        assert y.shape == x.shape and y.dtype == jnp.float32
+        assert float(y.min()) >= 0 and float(y.max()) <= 1
+    np.testing.assert_array_equal(outs[2], fn(x, name, 3, jax.random.key(7)))
+    psnr = [_psnr(x, y) for y in outs]
+    assert all(a > b for a, b in zip(psnr, psnr[1:])), (name, psnr)  # worse with severity
+
+
+def test_rician_noise_on_zero_image_has_rayleigh_mean():
+    sigma = degrade.RICIAN_NOISE_SIGMA[1]
+    y = degrade.corrupt(jnp.zeros((16, 64, 64, 1)), "rician_noise", 2, jax.random.key(0))
+    assert abs(float(y.mean()) - sigma * np.sqrt(np.pi / 2)) < 0.02 * sigma * np.sqrt(np.pi / 2)
+
+
+def test_kspace_mask_keeps_stated_share_and_centre():
+    for keep in degrade.KSPACE_KEEP_FRACTION:
+        for lines in (64, 97):
+            mask = degrade.kspace_mask(jax.random.key(3), lines, keep)
+            assert abs(float(mask.sum()) - round(keep * lines)) <= 1
+            assert float(mask[lines // 2]) == 1.0  # DC line always kept
+    x = _images(2)
+    y = degrade.corrupt(x, "kspace_undersample", 5, jax.random.key(0))
+    rows_energy = jnp.abs(jnp.fft.fftshift(jnp.fft.fft(y[..., 0] - x[..., 0], axis=1), axes=1))
+    assert float(rows_energy.mean()) > 0  # changed
+
+
+def test_bias_field_is_smooth_and_bounded():
+    a = degrade.BIAS_FIELD_LOG_AMPLITUDE[-1]
+    flat = jnp.full((4, 64, 64, 1), 0.5)
+    y = degrade.corrupt(flat, "bias_field", 5, jax.random.key(0))
+    ratio = y / 0.5
+    assert float(ratio.min()) >= np.exp(-a) - 1e-5 and float(ratio.max()) <= np.exp(a) + 1e-5
+    assert float(ratio.max() - ratio.min()) > 0.3  # not a no-op
+    # smooth: >90% of the log-field energy below 4 cycles per image (white noise: ~2%)
+    spec = jnp.abs(jnp.fft.fft2(jnp.log(ratio[..., 0]))) ** 2
+    f = jnp.abs(jnp.fft.fftfreq(64) * 64)
+    low = (f[:, None] <= 4) & (f[None, :] <= 4)
+    assert float((spec * low).sum() / spec.sum()) > 0.9
+
+
+def test_jpeg_quality_100_is_near_lossless_and_blocks_at_low_quality():
+    x = _images(2)
+    hi = degrade.jpeg(x[0], None, jnp.float32(100.0))
+    assert float(jnp.abs(hi - x[0]).max()) < 4 / 255
+    lo = degrade.jpeg(x[0], None, jnp.float32(5.0))
+    assert _psnr(x[0], lo) < _psnr(x[0], hi) - 10
+
+
+def test_motion_blur_and_ghosting_preserve_mean_intensity():
+    x = _images(2)
+    for name in ("motion_blur", "motion_ghosting"):
+        y = degrade.corrupt(x, name, 3, jax.random.key(0))
+        assert abs(float(y.mean() - x.mean())) < 0.02
+
+
+@pytest.mark.parametrize("recipe", ["chain", "one", "augmix"])
+def test_training_recipes_over_the_full_suite(recipe):
+    cfg = {"recipe": recipe, "prob": 1.0, "max_ops": 2, "augmix_width": 2,
+           **{name: (levels[0], levels[2]) for name, levels in degrade.SEVERITIES.items()}}
+    x = _images(8)
+    keys = degrade.example_keys(jax.random.key(0), jnp.arange(8))
+    y = jax.jit(lambda x, k: degrade.augment(x, k, cfg))(x, keys)
+    assert y.shape == x.shape
+    assert float(jnp.abs(y - x).mean()) > 1e-3
+    np.testing.assert_array_equal(y, jax.jit(lambda x, k: degrade.augment(x, k, cfg))(x, keys))
+
+
+def test_gallery_png(tmp_path):
+    from brainjax import evaluate
+
+    x = np.asarray(_images(1)[0])
+    out = tmp_path / "g.png"
+    evaluate.gallery(x, str(out))
+    assert out.stat().st_size > 20_000
+
+
+def test_mce_against_reference():
+    from brainjax import evaluate
+
+    mk = lambda acc: {"accuracy": acc}
+    clean, ref_clean = {"accuracy": 0.9, "macro_f1": 0.9}, {"accuracy": 0.9}
+    degraded = {"gaussian_noise": {"1": mk(0.8), "2": mk(0.6)}}
+    reference = {"clean": ref_clean, "degraded": {"gaussian_noise": {"1": mk(0.6), "2": mk(0.2)}}}
+    s = evaluate.summarize(clean, degraded, reference)
+    assert s["corruption_error"]["gaussian_noise"] == pytest.approx((0.2 + 0.4) / (0.4 + 0.8))
+    assert s["mCE"] == pytest.approx(0.5)
+    assert s["relative_mCE"] == pytest.approx((0.6 - 0.2) / (1.2 - 0.2))
