@@ -25,8 +25,29 @@ from brainjax import degrade
 log = logging.getLogger("brainjax")
 
 
-def classification_metrics(labels: np.ndarray, logits: np.ndarray, class_names: Sequence[str]) -> dict:
-    """Accuracy, macro F1, per-class P/R/F1 and the confusion matrix (scikit-learn)."""
+def bootstrap_ci(labels: np.ndarray, preds: np.ndarray, num_classes: int, samples: int = 1000,
+                 seed: int = 0) -> dict:
+    """95% percentile-bootstrap intervals of accuracy and macro F1 (resampling examples)."""
+    n = len(labels)
+    if n == 0:
+        return {}
+    idx = np.random.default_rng(seed).integers(0, n, (samples, n))
+    y, p = labels[idx], preds[idx]
+    acc = (y == p).mean(1)
+    cm = np.zeros((samples, num_classes, num_classes))
+    np.add.at(cm, (np.arange(samples)[:, None], y, p), 1)
+    tp = np.einsum("bii->bi", cm)
+    denom = cm.sum(1) + cm.sum(2)  # predicted + true counts
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)  # sklearn: 0 where undefined
+    macro = f1.mean(1)
+    q = lambda v: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+    return {"accuracy": q(acc), "macro_f1": q(macro), "samples": samples}
+
+
+def classification_metrics(labels: np.ndarray, logits: np.ndarray, class_names: Sequence[str],
+                           ci: bool = True) -> dict:
+    """Accuracy, macro F1 (with 95% bootstrap CIs), per-class P/R/F1 and the confusion
+    matrix (scikit-learn)."""
     from brainjax.train import host_loss_and_accuracy
 
     preds = logits.argmax(-1)
@@ -41,6 +62,7 @@ def classification_metrics(labels: np.ndarray, logits: np.ndarray, class_names: 
         "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]),
                              "support": int(support[i])} for i, name in enumerate(class_names)},
         "confusion_matrix": skm.confusion_matrix(labels, preds, labels=ids).tolist(),
+        **({"ci95": bootstrap_ci(labels, preds, len(class_names))} if ci else {}),
     }
 
 
@@ -104,19 +126,41 @@ def load_reference(path: str | None) -> dict | None:
         return {**json.load(f), "source": path}
 
 
-def evaluate(config: Any, eval_fns: Mapping, rstate: Any, pipeline: Any, workdir: str, rng: jax.Array) -> dict:
-    """Evaluates on config.test_split; writes report.json and the plots (process 0)."""
-    split = config.test_split
-    severities = tuple(config.eval.severities)
+def evaluate_split(config: Any, eval_fns: Mapping, rstate: Any, pipeline: Any, split: str, rng: jax.Array,
+                   reference: dict | None = None) -> dict:
+    """Clean + degraded metrics on one split, with its size and dedup status."""
     clean, degraded = robustness_grid(eval_fns, rstate, lambda: pipeline.eval_batches(split), rng,
-                                      pipeline.class_names, tuple(config.eval.corruptions), severities)
-    report = {"dataset": config.dataset, "split": split, "num_examples": pipeline.num_examples(split),
-              "class_names": pipeline.class_names, "clean": clean, "degraded": degraded,
-              "summary": summarize(clean, degraded, load_reference(config.eval.get("reference_report")))}
+                                      pipeline.class_names, tuple(config.eval.corruptions),
+                                      tuple(config.eval.severities))
+    ref = None
+    if reference is not None:
+        ref = reference if reference.get("split") == split else reference.get("other_splits", {}).get(split)
+    out = {"split": split, "num_examples": pipeline.num_examples(split),
+           "deduplicated": "dedup" in split, "clean": clean, "degraded": degraded,
+           "summary": summarize(clean, degraded, ref)}
+    ci = clean.get("ci95", {})
+    log.info("%s (%d examples%s): clean accuracy %.4f [%s], macro F1 %.4f; mean corruption accuracy %s",
+             split, out["num_examples"], ", deduplicated" if out["deduplicated"] else "", clean["accuracy"],
+             ", ".join(f"{v:.3f}" for v in ci.get("accuracy", [])), clean["macro_f1"],
+             f"{out['summary']['mean_degraded_accuracy']:.4f}" if degraded else "n/a")
+    return out
+
+
+def evaluate(config: Any, eval_fns: Mapping, rstate: Any, pipeline: Any, workdir: str, rng: jax.Array) -> dict:
+    """Evaluates on config.test_split (+ config.eval.extra_splits); writes report.json and
+    the plots (process 0)."""
+    reference = load_reference(config.eval.get("reference_report"))
+    main = evaluate_split(config, eval_fns, rstate, pipeline, config.test_split, rng, reference)
+    report = {"dataset": config.dataset, "class_names": pipeline.class_names, **main}
+    extra = [s for s in config.eval.get("extra_splits", ()) if s != config.test_split]
+    if extra:
+        report["other_splits"] = {s: evaluate_split(config, eval_fns, rstate, pipeline, s, rng, reference)
+                                  for s in extra}
     if jax.process_index() == 0:
         write_report(report, workdir)
-    log.info("test %s: clean accuracy %.4f, macro F1 %.4f; %s", split, clean["accuracy"], clean["macro_f1"],
-             ", ".join(f"{n} {a:.3f}" for n, a in report["summary"]["per_corruption_accuracy"].items()))
+    log.info("test %s: clean accuracy %.4f, macro F1 %.4f; %s", config.test_split, main["clean"]["accuracy"],
+             main["clean"]["macro_f1"],
+             ", ".join(f"{n} {a:.3f}" for n, a in main["summary"]["per_corruption_accuracy"].items()))
     log.info("wrote %s", os.path.join(workdir, "report.json"))
     return report
 

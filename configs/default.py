@@ -69,4 +69,5 @@ def get_config() -> ml_collections.ConfigDict:
                      "kspace_undersample", "motion_ghosting", "bias_field", "contrast", "jpeg"),
         severities=(1, 2, 3, 4, 5)))
     c.eval.reference_report = ml_collections.config_dict.placeholder(str)
+    c.eval.extra_splits = ()  # more splits to report (e.g. validation, test_dedup)
     return c

@@ -5,4 +5,5 @@ models and the GPU benchmarks run on machines without TensorFlow.
 """
 
 from brainjax.data import brain_phantom  # noqa: F401  (registers `brain_phantom`)
+from brainjax.data import brain_tumor_mri  # noqa: F401  (registers `brain_tumor_mri`)
 from brainjax.data.phantom import CLASS_NAMES

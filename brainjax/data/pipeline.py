@@ -61,6 +61,27 @@ def load_image_file(path: str, size: int) -> np.ndarray:
         raise UserError(f"{path}: not a readable image ({err.message.splitlines()[0][:120]})") from None
 
 
+def _prepared_builder(name: str, data_dir: str | None, manual_dir: str | None):
+    """tfds builder, built if needed; unknown names and missing manual data are UserErrors."""
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as err:
+        raise UserError(f"unknown dataset {name!r} (config.dataset): {str(err).splitlines()[0]}") from None
+    if manual_dir and os.path.isfile(manual_dir) and manual_dir.lower().endswith(".zip"):
+        manual_dir = os.path.dirname(os.path.abspath(manual_dir))  # tfds wants a folder; the zip is found in it
+    if manual_dir:
+        manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
+    if not builder.is_prepared() and getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) and \
+            not (manual_dir and os.path.isdir(manual_dir)):
+        raise UserError(f"dataset {name} must be built from a local copy: set config.manual_dir "
+                        f"(now {manual_dir!r}, which is not a folder).\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    if not builder.is_prepared() and manual_dir and os.path.isdir(manual_dir) and not os.listdir(manual_dir):
+        raise UserError(f"config.manual_dir {manual_dir} is empty: expected the dataset folder (with "
+                        f"Training/ and Testing/) or its zip.\n{getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', '')}")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    return builder
+
+
 class InputPipeline:
     """Train/eval iterators over one tfds dataset, sharded over processes and devices."""
 
@@ -70,9 +91,7 @@ class InputPipeline:
         self.size = int(config.image_size)
         self.num_local_devices = num_local_devices
         self.process_index, self.process_count = process_index, process_count
-        self.builder = tfds.builder(config.dataset, data_dir=config.get("data_dir"))
-        self.builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            manual_dir=config.get("manual_dir")))
+        self.builder = _prepared_builder(config.dataset, config.get("data_dir"), config.get("manual_dir"))
         self.class_names: list[str] = list(self.builder.info.features["label"].names)
         self._cache: dict[str, tf.data.Dataset] = {}
         self.global_batch = int(config.batch_size)
