@@ -260,6 +260,12 @@ CORRUPTIONS: Mapping[str, Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 assert tuple(CORRUPTIONS) == NAMES
 
 
+# The seed project's degraded copy: a random 1-3 of the basic corruptions in random order.
+SEED_CHAIN = "seed_chain"
+SEED_CHAIN_CFG = {"recipe": "chain", "prob": 1.0, "max_ops": 3, "gaussian_noise": (0.02, 0.2),
+                  "gaussian_blur": (0.5, 5.0), "downsample": (0.3, 0.8)}
+
+
 def level_for(name: str, severity: int) -> float:
     """The physical level of `name` at `severity` (1..5)."""
     if name not in SEVERITIES:
@@ -271,7 +277,10 @@ def level_for(name: str, severity: int) -> float:
 
 
 def apply(images: jax.Array, keys: jax.Array, name: str, level: jax.Array) -> jax.Array:
-    """Applies corruption `name` at `level` (scalar or per-example [N]) with per-example keys."""
+    """Applies corruption `name` at `level` (scalar or per-example [N]) with per-example keys.
+    `seed_chain` ignores the level: the seed project's random 1-3 corruption chain."""
+    if name == SEED_CHAIN:
+        return augment(images, keys, SEED_CHAIN_CFG)
     level = jnp.broadcast_to(jnp.asarray(level, jnp.float32), images.shape[:1])
     return jax.vmap(CORRUPTIONS[name])(images, keys, level)
 

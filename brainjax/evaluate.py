@@ -146,6 +146,23 @@ def evaluate_split(config: Any, eval_fns: Mapping, rstate: Any, pipeline: Any, s
     return out
 
 
+def seed_protocol(eval_fns: Mapping, rstate: Any, pipeline: Any, split: str, rng: jax.Array) -> dict:
+    """The seed project's evaluation: every image of `split` plus one degraded copy (a
+    random 1-3 of noise/blur/downsampling, fixed per image), scored on the mixed set, and,
+    unlike the seed, also on the clean and the degraded halves alone."""
+    from brainjax.train import predict_split
+
+    names = pipeline.class_names
+    key = jax.random.fold_in(rng, 10_000)
+    clean_logits, labels, _ = predict_split(eval_fns[None], rstate, pipeline.eval_batches(split), key)
+    deg_logits, deg_labels, _ = predict_split(eval_fns[degrade.SEED_CHAIN], rstate, pipeline.eval_batches(split), key)
+    return {"split": split, "num_examples": int(len(labels)),
+            "clean": classification_metrics(labels, clean_logits, names),
+            "degraded": classification_metrics(deg_labels, deg_logits, names),
+            "mixed": classification_metrics(np.concatenate([labels, deg_labels]),
+                                            np.concatenate([clean_logits, deg_logits]), names)}
+
+
 def evaluate(config: Any, eval_fns: Mapping, rstate: Any, pipeline: Any, workdir: str, rng: jax.Array) -> dict:
     """Evaluates on config.test_split (+ config.eval.extra_splits); writes report.json and
     the plots (process 0)."""
@@ -156,6 +173,11 @@ def evaluate(config: Any, eval_fns: Mapping, rstate: Any, pipeline: Any, workdir
     if extra:
         report["other_splits"] = {s: evaluate_split(config, eval_fns, rstate, pipeline, s, rng, reference)
                                   for s in extra}
+    if config.eval.get("seed_protocol_split"):
+        sp = seed_protocol(eval_fns, rstate, pipeline, config.eval.seed_protocol_split, rng)
+        report["seed_protocol"] = sp
+        log.info("seed protocol on %s: mixed accuracy %.4f (clean %.4f, degraded %.4f)", sp["split"],
+                 sp["mixed"]["accuracy"], sp["clean"]["accuracy"], sp["degraded"]["accuracy"])
     if jax.process_index() == 0:
         write_report(report, workdir)
     log.info("test %s: clean accuracy %.4f, macro F1 %.4f; %s", config.test_split, main["clean"]["accuracy"],

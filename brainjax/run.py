@@ -23,7 +23,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pipeline = InputPipeline(config, num_local_devices=jax.local_device_count(),
                              process_index=jax.process_index(), process_count=jax.process_count())
     model, state = train.restore_for_inference(config, workdir, pipeline.num_classes)
-    eval_fns = train.make_eval_fns(model, tuple(config.eval.corruptions))
+    eval_fns = train.make_eval_fns(model, tuple(config.eval.corruptions), bool(config.eval.get("seed_protocol_split")))
     eval_rng = jax.random.split(jax.random.key(config.seed), 3)[2]
     return evaluate.evaluate(config, eval_fns, parallel.replicate(state), pipeline, workdir, eval_rng)
 

@@ -238,10 +238,11 @@ def host_loss_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[floa
     return loss, float((logits.argmax(-1) == labels).mean())
 
 
-def make_eval_fns(model: Any, corruptions: tuple[str, ...] = ()) -> dict[str | None, Callable]:
-    """pmapped eval steps: None -> clean, name -> under that corruption."""
+def make_eval_fns(model: Any, corruptions: tuple[str, ...] = (), seed_protocol: bool = False) -> dict[str | None, Callable]:
+    """pmapped eval steps: None -> clean, name -> under that corruption (+ the seed chain)."""
+    names = (None, *corruptions, *((degrade.SEED_CHAIN,) if seed_protocol else ()))
     return {name: parallel.pmap_step(functools.partial(eval_step, model=model, corruption=name), num_broadcast=2)
-            for name in (None, *corruptions)}
+            for name in names}
 
 
 def predict_split(eval_fn: Callable, rstate: TrainState, batches, rng: jax.Array, level: float = 0.0):
@@ -290,7 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           degrade_cfg=config.train_degrade.to_dict(),
                           label_smoothing=config.optimizer.get("label_smoothing", 0.0)),
         donate_state=True)
-    eval_fns = make_eval_fns(model, tuple(config.eval.corruptions))
+    eval_fns = make_eval_fns(model, tuple(config.eval.corruptions), bool(config.eval.get("seed_protocol_split")))
     rstate = parallel.replicate(state.replace(lr_scale=np.float32(loop["lr_scale"])))
     del state
 

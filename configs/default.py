@@ -70,4 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
         severities=(1, 2, 3, 4, 5)))
     c.eval.reference_report = ml_collections.config_dict.placeholder(str)
     c.eval.extra_splits = ()  # more splits to report (e.g. validation, test_dedup)
+    # The seed project's protocol: each image + one fixed degraded copy, scored mixed and
+    # separately (set to a split name, e.g. 'validation', to report it).
+    c.eval.seed_protocol_split = ""
     return c

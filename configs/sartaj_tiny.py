@@ -18,6 +18,7 @@ def get_config():
     c.val_split = "validation"
     c.test_split = "test_dedup"
     c.eval.extra_splits = ("test", "validation")
+    c.eval.seed_protocol_split = "validation"
     c.num_epochs = 40
     c.early_stopping.patience = 8
     return c

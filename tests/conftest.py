@@ -11,9 +11,6 @@ sys.path.insert(0, ROOT)
 import pytest  # noqa: E402
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: longer checks, run by benchmarks/CI-extended (-m slow)")
-
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):

@@ -74,7 +74,7 @@ def trained_workdir(tmp_path_factory, data_dir):
            "--config.model.tiny.widths=(8,16,32)", "--config.model.tiny.convs_per_block=2",
            "--config.model.tiny.batchnorm=True", "--config.model.base_batchnorm_train=True",
            "--config.optimizer.learning_rate=0.003", "--config.train_degrade.recipe=none",
-           "--config.train_split=train", "--config.val_split=test"]
+           "--config.train_split=train", "--config.val_split=test", "--config.eval.seed_protocol_split=test"]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -94,6 +94,11 @@ def test_launch_trains_learns_and_reports(trained_workdir):
         for sev in ("1", "5"):
             m = report["degraded"][name][sev]
             assert np.asarray(m["confusion_matrix"]).sum() == 120
+    lo, hi = clean["ci95"]["accuracy"]
+    assert lo <= clean["accuracy"] <= hi and hi - lo < 0.3
+    sp = report["seed_protocol"]
+    assert sp["mixed"]["num_examples"] == 240 and sp["clean"]["accuracy"] == clean["accuracy"]
+    assert sp["degraded"]["accuracy"] < sp["clean"]["accuracy"]  # a clean-trained model on degraded copies
     # severity-5 noise (sigma 0.38) hurts a clean-trained model
     assert report["degraded"]["gaussian_noise"]["5"]["accuracy"] < clean["accuracy"] - 0.1
     for png in ("confusion_matrix.png", "robustness.png"):

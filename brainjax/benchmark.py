@@ -1,0 +1,210 @@
+"""Throughput benchmark: brainjax steps vs Keras 3 on the same work, in one run.
+
+  python -m brainjax.benchmark            # 224 px and 64 px, VGG16 / ResNet50V2 / tiny
+  python -m brainjax.benchmark --quick    # fewer settings and repeats (< 10 min on 2 cores)
+
+Measures images/s (median of >= 3 timed repeats after a warm-up) of
+  (a) the frozen-base train step with on-device degradation (seed chain),
+  (b) the full fine-tune train step, (c) the eval step, (d) the tf.data pipeline from cache,
+and, where Keras is installed, the same frozen-base recipe in Keras 3 (TF backend, Adam,
+batch 32) as the seed runs it (Keras's default: no XLA on CPU) and with jit_compile=True.
+FLOPs per image come from XLA cost analysis; achieved GFLOP/s are compared with a float32
+matmul peak measured in the same run. Writes benchmark.json. Synthetic, device-resident
+batches feed the steps, so the GPU path needs no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import resource
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from brainjax import degrade, models, partition, train
+
+SEED_CHAIN = {"recipe": "chain", "prob": 1.0, "max_ops": 3, "gaussian_noise": (0.02, 0.2),
+              "gaussian_blur": (0.5, 5.0), "downsample": (0.3, 0.8)}
+
+
+def median_rate(fn: Callable[[], Any], items: int, repeats: int, min_seconds: float = 1.0) -> float:
+    """items/s of fn (which must block), median of `repeats` timings after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0, n = time.perf_counter(), 0
+        while True:
+            fn()
+            n += 1
+            if time.perf_counter() - t0 >= min_seconds:
+                break
+        times.append((time.perf_counter() - t0) / n)
+    return items / float(np.median(times))
+
+
+def matmul_peak_gflops(dtype=jnp.float32, n: int = 2048, repeats: int = 3) -> float:
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x: x @ x)
+    rate = median_rate(lambda: f(a).block_until_ready(), 1, repeats)
+    return 2 * n**3 * rate / 1e9
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def _config(backbone: str, size: int, batch: int, dtype: str = "float32"):
+    from configs import default
+
+    c = default.get_config()
+    c.model.backbone, c.image_size, c.batch_size = backbone, size, batch
+    c.model.dtype = dtype
+    if backbone != "tiny":
+        c.model.head_hidden, c.model.dropout = (1024, 512), 0.5
+    return c
+
+
+def flax_rates(backbone: str, size: int, batch: int, repeats: int, dtype: str = "float32") -> dict:
+    """Frozen step (with degradation), fine-tune step, eval step: img/s and FLOPs/img."""
+    c = _config(backbone, size, batch, dtype)
+    model = models.create_model(c.model, 4)
+    rng = np.random.default_rng(0)
+    batch_data = jax.device_put({"image": rng.integers(0, 256, (batch, size, size, 1), dtype=np.uint8),
+                                 "label": rng.integers(0, 4, (batch,)).astype(np.int32)})
+    out = {}
+    variables = models.init_variables(model, jax.random.key(0), (size, size, 1))
+    for kind, trainable, dcfg in (("frozen", ("^head/",), SEED_CHAIN), ("finetune", (".*",), {"recipe": "none"})):
+        c.trainable = trainable
+        state, tx, labels = train.create_train_state(c, model, 4, jax.random.key(0), 10, variables=variables)
+        step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, label_tree=labels,
+                                         degrade_cfg=dcfg), donate_argnums=0)
+        compiled = step.lower(state, batch_data, jax.random.key(0)).compile()
+        holder = [jax.device_put(state)]
+
+        def run():
+            holder[0], m = compiled(holder[0], batch_data, jax.random.key(0))
+            jax.block_until_ready(m)
+
+        out[f"{kind}_img_s"] = median_rate(run, batch, repeats)
+        out[f"{kind}_flops_per_img"] = _flops(compiled) / batch
+    fwd = jax.jit(lambda v, x: model.apply(v, train.to_float_images(x), train=False))
+    compiled = fwd.lower(variables, batch_data["image"]).compile()
+    out["eval_img_s"] = median_rate(lambda: compiled(variables, batch_data["image"]).block_until_ready(), batch, repeats)
+    out["forward_flops_per_img"] = _flops(compiled) / batch
+    out["frozen_flops_ratio"] = out["frozen_flops_per_img"] / out["forward_flops_per_img"]
+    return out
+
+
+def pipeline_rate(size: int, batch: int, data_dir: str | None) -> float | None:
+    """img/s of the tf.data training pipeline from cache (phantom), or None without TF."""
+    try:
+        from brainjax.data.pipeline import InputPipeline
+    except ImportError:
+        return None
+    c = _config("tiny", size, batch)
+    c.data_dir = data_dir
+    p = InputPipeline(c, num_local_devices=1)
+    for _ in p.train_epoch(c.train_split, 0, 0):  # fills the cache
+        pass
+    rates = []
+    for epoch in range(1, 4):
+        t0, n = time.perf_counter(), 0
+        for b in p.train_epoch(c.train_split, epoch, 0):
+            n += b["image"].shape[1]
+        rates.append(n / (time.perf_counter() - t0))
+    return float(np.median(rates))
+
+
+def keras_rates(arch: str, size: int, batch: int, repeats: int) -> dict | None:
+    """The seed's recipe in Keras 3: frozen ImageNet-architecture base (random weights: speed
+    does not depend on them), GAP + enhanced head, Adam, batch `batch`; train_on_batch img/s
+    without and with XLA (jit_compile)."""
+    try:
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        import keras
+    except ImportError:
+        return None
+    ctor = {"vgg16": keras.applications.VGG16, "resnet50v2": keras.applications.ResNet50V2}[arch]
+    out = {}
+    x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 4, (batch,))
+    for label, jit in (("keras_default", False), ("keras_xla", True)):
+        base = ctor(weights=None, include_top=False, input_shape=(size, size, 3))
+        base.trainable = False
+        inp = keras.Input((size, size, 3))
+        h = keras.layers.GlobalAveragePooling2D()(base(inp, training=False))
+        h = keras.layers.Dropout(0.5)(keras.layers.Dense(1024, activation="relu")(h))
+        h = keras.layers.Dropout(0.5)(keras.layers.Dense(512, activation="relu")(h))
+        model = keras.Model(inp, keras.layers.Dense(4, activation="softmax")(h))
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=jit)
+        out[f"{label}_frozen_img_s"] = median_rate(lambda: model.train_on_batch(x, y), batch, repeats)
+        base.trainable = True
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=jit)
+        out[f"{label}_finetune_img_s"] = median_rate(lambda: model.train_on_batch(x, y), batch, repeats)
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--data_dir", default=None, help="tfds data_dir for the pipeline measurement")
+    ap.add_argument("--no_keras", action="store_true")
+    ap.add_argument("--out", default="benchmark.json")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or 3
+    settings = ([("tiny", 64), ("vgg16", 112)] if args.quick else
+                [("tiny", 64), ("vgg16", 64), ("vgg16", 224), ("resnet50v2", 64), ("resnet50v2", 224)])
+    keras_settings = [("vgg16", 112)] if args.quick else [("vgg16", 224), ("resnet50v2", 224)]
+    result: dict = {"device": str(jax.devices()[0]), "jax": jax.__version__, "batch": args.batch,
+                    "date": time.strftime("%Y-%m-%d"), "quick": args.quick}
+    result["matmul_peak_gflops"] = matmul_peak_gflops(repeats=repeats)
+    print(f"device {result['device']}; float32 matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s", flush=True)
+    rows = {}
+    for arch, size in settings:
+        r = flax_rates(arch, size, args.batch, repeats)
+        r["frozen_gflops"] = r["frozen_img_s"] * r["frozen_flops_per_img"] / 1e9
+        r["frozen_peak_fraction"] = r["frozen_gflops"] / result["matmul_peak_gflops"]
+        rows[f"{arch}@{size}"] = r
+        print(f"brainjax {arch}@{size}: frozen+degrade {r['frozen_img_s']:.1f} img/s "
+              f"({r['frozen_gflops']:.1f} GFLOP/s, {100 * r['frozen_peak_fraction']:.0f}% of peak; "
+              f"FLOPs ratio frozen/forward {r['frozen_flops_ratio']:.2f}) | finetune {r['finetune_img_s']:.1f} | "
+              f"eval {r['eval_img_s']:.1f}", flush=True)
+    result["brainjax"] = rows
+    if not args.no_keras:
+        for arch, size in keras_settings:
+            k = keras_rates(arch, size, args.batch, repeats)
+            if k is None:
+                break
+            rows[f"{arch}@{size}"].update(k)
+            r = rows[f"{arch}@{size}"]
+            print(f"keras {arch}@{size}: frozen {k['keras_default_frozen_img_s']:.1f} img/s (XLA "
+                  f"{k['keras_xla_frozen_img_s']:.1f}) | finetune {k['keras_default_finetune_img_s']:.1f} "
+                  f"(XLA {k['keras_xla_finetune_img_s']:.1f})", flush=True)
+            r["frozen_step_ratio_vs_keras"] = r["frozen_img_s"] / k["keras_default_frozen_img_s"]
+            r["finetune_step_ratio_vs_keras"] = r["finetune_img_s"] / k["keras_default_finetune_img_s"]
+        main_row = rows[f"{keras_settings[0][0]}@{keras_settings[0][1]}"]
+        for key in ("frozen_step_ratio_vs_keras", "finetune_step_ratio_vs_keras"):
+            result[key] = main_row.get(key)
+    result["frozen_flops_ratio"] = max(r["frozen_flops_ratio"] for r in rows.values() if "vgg" in str(r) or True)
+    result["pipeline_img_s"] = pipeline_rate(64, args.batch, args.data_dir)
+    result["peak_host_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps({k: v for k, v in result.items() if k != "brainjax"}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    main()
