@@ -55,26 +55,34 @@ def train_head(model: Any, head_params: dict, features: np.ndarray, labels: np.n
                batch: int = 32, learning_rate: float = 1e-3, seed: int = 0) -> dict:
     """Trains the head alone on cached pooled features (Adam, cross-entropy, dropout as
     configured in the head); returns the new head params."""
-    tx = optax.adam(learning_rate)
+    step, tx = _head_step(model.head, learning_rate)
     opt_state = tx.init(head_params)
     feats = jnp.asarray(features)[:, None, None, :]
     labels = jnp.asarray(labels, jnp.int32)
 
+    params = jax.tree.map(lambda a: jnp.array(a, copy=True), head_params)  # donated below; keep the caller's
+    key = jax.random.key(seed)
+    for i, idx in enumerate(batch_order(len(labels), batch, epochs, seed)):
+        params, opt_state = step(params, opt_state, feats[idx], labels[idx], jax.random.fold_in(key, i))
+    return jax.device_get(params)
+
+
+@functools.lru_cache(maxsize=16)
+def _head_step(head: Any, learning_rate: float):
+    """(jitted head-only Adam step, optimizer), compiled once per head and learning rate."""
+    tx = optax.adam(learning_rate)
+
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, x, y, key):
         def loss_fn(p):
-            logits = model.head.apply({"params": p}, x, train=True, rngs={"dropout": key})
+            logits = head.apply({"params": p}, x, train=True, rngs={"dropout": key})
             return train.cross_entropy(logits, y).mean()
 
         grads = jax.grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    params = jax.tree.map(jnp.asarray, head_params)
-    key = jax.random.key(seed)
-    for i, idx in enumerate(batch_order(len(labels), batch, epochs, seed)):
-        params, opt_state = step(params, opt_state, feats[idx], labels[idx], jax.random.fold_in(key, i))
-    return jax.device_get(params)
+    return step, tx
 
 
 def batch_order(n: int, batch: int, epochs: int, seed: int):

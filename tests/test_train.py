@@ -121,3 +121,14 @@ def test_partition_errors_are_clear():
         partition.labels(params, ["^haed/"])
     labels = partition.labels(params, ["^head/"])
     assert labels == {"backbone": {"c": {"kernel": "frozen"}}, "head": {"logits": {"kernel": "trainable"}}}
+
+
+def test_benchmark_measures_tiny_model():
+    """brainjax.benchmark's building blocks on a tiny model (the full run is a benchmark)."""
+    from brainjax import benchmark
+
+    r = benchmark.flax_rates("tiny", 32, 8, repeats=1)
+    for k in ("frozen_img_s", "finetune_img_s", "eval_img_s"):
+        assert r[k] > 0
+    assert r["finetune_flops_per_img"] > 2 * r["forward_flops_per_img"]
+    assert r["frozen_flops_per_img"] < r["finetune_flops_per_img"]
