@@ -108,7 +108,7 @@ def pipeline_rate(size: int, batch: int, data_dir: str | None) -> float | None:
     """img/s of the tf.data training pipeline from cache (phantom), or None without TF."""
     try:
         from brainjax.data.pipeline import InputPipeline
-    except ImportError:
+    except ImportError:  # GPU machines without TensorFlow
         return None
     c = _config("tiny", size, batch)
     c.data_dir = data_dir
@@ -188,19 +188,27 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--data_dir", default=None, help="tfds data_dir for the pipeline measurement")
     ap.add_argument("--no_keras", action="store_true")
+    ap.add_argument("--dtype", default="float32", help="compute dtype (params stay float32): float32 | bfloat16")
+    ap.add_argument("--gpu", action="store_true",
+                    help="accelerator table: bfloat16, batch 256, VGG16/ResNet50V2 at 224, MFU vs a bf16 matmul "
+                         "peak measured in the same call; no Keras/TF needed")
     ap.add_argument("--out", default="benchmark.json")
     args = ap.parse_args(argv)
     repeats = args.repeats or 3
     settings = ([("tiny", 64), ("vgg16", 112)] if args.quick else
                 [("tiny", 64), ("vgg16", 64), ("vgg16", 224), ("resnet50v2", 64), ("resnet50v2", 224)])
     keras_settings = [("vgg16", 112)] if args.quick else [("vgg16", 224), ("resnet50v2", 224)]
+    if args.gpu:
+        args.dtype, args.batch, args.no_keras = "bfloat16", max(args.batch, 256), True
+        settings, keras_settings = [("vgg16", 224), ("resnet50v2", 224), ("tiny", 64)], [("vgg16", 224)]
     result: dict = {"device": str(jax.devices()[0]), "jax": jax.__version__, "batch": args.batch,
-                    "date": time.strftime("%Y-%m-%d"), "quick": args.quick}
-    result["matmul_peak_gflops"] = matmul_peak_gflops(repeats=repeats)
+                    "dtype": args.dtype, "date": time.strftime("%Y-%m-%d"), "quick": args.quick}
+    result["matmul_peak_gflops"] = matmul_peak_gflops(dtype=jnp.dtype(args.dtype), n=8192 if args.gpu else 2048,
+                                                      repeats=repeats)
     print(f"device {result['device']}; float32 matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s", flush=True)
     rows = {}
     for arch, size in settings:
-        r = flax_rates(arch, size, args.batch, repeats)
+        r = flax_rates(arch, size, args.batch, repeats, args.dtype)
         r["frozen_gflops"] = r["frozen_img_s"] * r["frozen_flops_per_img"] / 1e9
         r["frozen_peak_fraction"] = r["frozen_gflops"] / result["matmul_peak_gflops"]
         rows[f"{arch}@{size}"] = r
@@ -226,10 +234,11 @@ def main(argv=None) -> dict:
             result[key] = main_row.get(key)
     vgg_key = next(k for k in rows if k.startswith("vgg16"))
     result["frozen_flops_ratio"] = rows[vgg_key]["frozen_flops_ratio"]
+    result["frozen_vgg16_mfu"] = rows[vgg_key]["frozen_peak_fraction"]
     result["seed_protocol"] = seed_protocol_estimate(rows[f"{keras_settings[0][0]}@{keras_settings[0][1]}"],
                                                      num_train=3600, epochs=20, repeats=repeats)
     result["seed_protocol_speedup_vs_keras"] = result["seed_protocol"].get("speedup_vs_keras")
-    result["pipeline_img_s"] = pipeline_rate(64, args.batch, args.data_dir)
+    result["pipeline_img_s"] = pipeline_rate(64 if not args.gpu else 224, args.batch, args.data_dir)
     result["peak_host_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)

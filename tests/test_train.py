@@ -132,3 +132,15 @@ def test_benchmark_measures_tiny_model():
         assert r[k] > 0
     assert r["finetune_flops_per_img"] > 2 * r["forward_flops_per_img"]
     assert r["frozen_flops_per_img"] < r["finetune_flops_per_img"]
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    config = smoke.get_config()
+    config.model.dtype = "bfloat16"
+    model = models.create_model(config.model, 4)
+    state, tx, labels = train.create_train_state(config, model, 4, jax.random.key(0), 10)
+    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, label_tree=labels, degrade_cfg={}))
+    new, m = step(state, _batch(8), jax.random.key(0))
+    assert np.isfinite(float(m["loss_sum"]))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new.params))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new.opt_state) if hasattr(x, "dtype") and x.ndim)
