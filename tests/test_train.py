@@ -144,3 +144,39 @@ def test_bfloat16_compute_keeps_float32_params():
     assert np.isfinite(float(m["loss_sum"]))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new.params))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new.opt_state) if hasattr(x, "dtype") and x.ndim)
+
+
+def test_reduce_on_plateau_and_early_stopping_follow_keras_semantics():
+    config = smoke.get_config()
+    config.schedule.update(name="plateau", patience=2, factor=0.5, min_delta=0.0, min_lr=1e-4)
+    config.early_stopping.update(enabled=True, patience=3, min_delta=0.0)
+    config.optimizer.learning_rate = 1e-3
+    loop = train._new_loop_state()
+    scales, stops = [], []
+    for epoch, val in enumerate([1.0, 0.9, 0.95, 0.95, 0.95, 0.8]):
+        loop["epoch"] = epoch
+        train._Plateau.update(loop, val, config)
+        scales.append(loop["lr_scale"])
+        stops.append(loop["stop"])
+    # two epochs without improvement -> halve; third bad epoch -> stop
+    assert scales[:4] == [1.0, 1.0, 1.0, 0.5]
+    assert stops == [False, False, False, False, True, False]  # the loop ends at the first True
+    assert loop["best_val_loss"] == 0.8 and loop["best_epoch"] == 5
+
+
+def test_cosine_schedule_and_label_smoothing_train():
+    config = smoke.get_config()
+    config.schedule.name = "cosine"
+    config.schedule.warmup_epochs = 1
+    config.optimizer.label_smoothing = 0.1
+    model = models.create_model(config.model, 4)
+    state, tx, labels = train.create_train_state(config, model, 4, jax.random.key(0), steps_per_epoch=5)
+    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, label_tree=labels, degrade_cfg={},
+                                     label_smoothing=0.1))
+    first, _ = step(state, _batch(8), jax.random.key(0))  # warm-up starts at lr 0: no change
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(jax.device_get(first.params))):
+        np.testing.assert_array_equal(a, b)
+    second, m = step(first, _batch(8), jax.random.key(0))
+    assert np.isfinite(float(m["loss_sum"]))
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(jax.device_get(first.params)),
+                                                          jax.tree.leaves(jax.device_get(second.params))))
