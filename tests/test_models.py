@@ -84,13 +84,17 @@ def test_unknown_backbone_is_clear():
 
 
 @pytest.mark.parametrize("name", ["default", "smoke", "vgg16_frozen", "vgg19_frozen", "resnet50v2_frozen",
-                                  "vgg16_finetune_block5"])
+                                  "vgg16_finetune_block5", "sartaj_tiny", "sartaj_tiny_clean",
+                                  "sartaj_transfer:vgg16,baseline", "sartaj_transfer:vgg19,enhanced",
+                                  "sartaj_transfer:resnet50v2,enhanced"])
 def test_configs_build_their_model_and_partition(name):
     import importlib
 
     from brainjax import partition
 
-    config = importlib.import_module(f"configs.{name}").get_config()
+    module, _, arg = name.partition(":")
+    get = importlib.import_module(f"configs.{module}").get_config
+    config = get(arg) if arg else get()
     model = models.create_model(config.model, 4)
     size = min(config.image_size, 64)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 1))))

@@ -153,6 +153,22 @@ def test_wrong_layout_and_empty_folder_are_clear(tmp_path):
         _build(tmp_path / "elsewhere", tmp_path / "d3")
 
 
+def test_nickparvar_layout_maps_to_the_same_labels(tmp_path):
+    from brainjax.data.pipeline import _prepared_builder
+
+    root = tmp_path / "nick"
+    for split in ("Training", "Testing"):
+        for label, d in enumerate(("glioma", "meningioma", "notumor", "pituitary")):
+            for i in range(2):
+                _save(root / split / d / f"Tr-{d[:2]}_{i:04d}.jpg", _slice(10 * label + i + (50 if split == "Testing" else 0), label))
+    b = _prepared_builder("brain_tumor_mri/nickparvar", str(tmp_path / "data"), str(root))
+    import tensorflow_datasets as tfds
+
+    assert b.info.features["label"].names == ["glioma", "meningioma", "no_tumor", "pituitary"]
+    by_name = {ex["filename"].decode(): ex["label"] for ex in tfds.as_numpy(b.as_dataset(split="train"))}
+    assert by_name["Training/notumor/Tr-no_0000.jpg"] == 2 and len(by_name) == 8
+
+
 def test_near_duplicate_detection_is_mirror_invariant_and_specific():
     idx = images.DuplicateIndex()
     base = _slice(7, 0, 128)

@@ -129,7 +129,8 @@ def stratified_group_split(labels: np.ndarray, groups: np.ndarray, fraction: flo
     group_ids = np.unique(groups)
     first_label = {g: labels[np.nonzero(groups == g)[0][0]] for g in group_ids}
     for c in np.unique(labels):
-        quota = round(fraction * int((labels == c).sum()))
+        count = int((labels == c).sum())
+        quota = max(1, round(fraction * count)) if count >= 2 else 0
         taken = 0
         for g in rng.permutation([g for g in group_ids if first_label[g] == c]):
             if taken >= quota:
@@ -180,7 +181,10 @@ class BrainTumorMri(tfds.core.GeneratorBasedBuilder):
             f.write(dedup_markdown(report))
         log.info("brain_tumor_mri/%s: %s; %d unreadable files skipped; report in %s", cfg.name,
                  {k: len(v) for k, v in splits.items()}, len(report["unreadable"]), self.report_dir())
-        return {name: self._generate_examples(recs) for name, recs in splits.items()}
+        empty = [name for name, recs in splits.items() if not recs]
+        if empty:
+            log.warning("brain_tumor_mri/%s: splits %s would be empty and are not created", cfg.name, empty)
+        return {name: self._generate_examples(recs) for name, recs in splits.items() if recs}
 
     def _plan(self, records: list[Record], root: str) -> tuple[dict[str, list[Record]], dict]:
         """Decodes every file once (hash + thumbnail), finds duplicates, builds the splits."""
