@@ -135,17 +135,16 @@ def keras_layers(backbone_vars: Mapping[str, Any]) -> dict[str, list[tuple[str, 
     """Keras layer name -> [(collection, flax path, shape)] in Keras weight order, in
     creation order (= Keras layer order). Flax `conv2_block1/preact_bn` is Keras
     `conv2_block1_preact_bn`."""
-    params = traverse_util.flatten_dict(dict(backbone_vars["params"]))
+    flat = {col: traverse_util.flatten_dict(dict(tree)) for col, tree in backbone_vars.items()}
+    params = flat["params"]
     layers: dict[str, list] = {}
     for path in params:
         module = path[:-1]
         name = "_".join(module)
         if name in layers:
             continue
-        if path[-1] == "scale" or (module + ("scale",)) in params:  # BatchNorm
-            layers[name] = [(col, module + (leaf,), np.shape(backbone_vars[col] and
-                             traverse_util.flatten_dict(dict(backbone_vars[col]))[module + (leaf,)]))
-                            for col, leaf in _BN_PARTS]
+        if module + ("scale",) in params:  # BatchNorm: gamma, beta, moving mean, moving variance
+            layers[name] = [(col, module + (leaf,), np.shape(flat[col][module + (leaf,)])) for col, leaf in _BN_PARTS]
         else:  # Conv / Dense: kernel, optional bias
             layers[name] = [("params", module + (leaf,), np.shape(params[module + (leaf,)]))
                             for leaf in ("kernel", "bias") if module + (leaf,) in params]
