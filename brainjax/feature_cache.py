@@ -39,9 +39,7 @@ def pooled_features(model: Any, variables: dict, images: np.ndarray, batch: int 
 
     @jax.jit
     def features(x):
-        x = train.to_float_images(x) * 255.0
-        if x.shape[-1] == 1:
-            x = jnp.repeat(x, 3, axis=-1)
+        x = model.backbone_input(train.to_float_images(x))
         return jnp.mean(model.backbone.apply(backbone_vars, x, train=False).astype(jnp.float32), axis=(1, 2))
 
     n = images.shape[0]

@@ -28,27 +28,35 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return evaluate.evaluate(config, eval_fns, parallel.replicate(state), pipeline, workdir, eval_rng)
 
 
+def _load_images(paths: Sequence[str], size: int) -> tuple[list, list, int]:
+    """(uint8 images, their paths, number of failures); each unreadable file gets an
+    ERROR line on stderr and the others are still loaded."""
+    from brainjax.data.pipeline import load_image_file
+
+    images, good, failures = [], [], 0
+    for path in paths:
+        try:
+            images.append(load_image_file(path, size))
+            good.append(path)
+        except UserError as err:
+            print(f"ERROR {err}", file=sys.stderr)
+            failures += 1
+    return images, good, failures
+
+
 def predict_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequence[str]) -> int:
     """Prints class probabilities per file; unreadable files get an error line. Returns
     the number of files that could not be predicted."""
     import brainjax.data
     from brainjax import train
-    from brainjax.data.pipeline import load_image_file
 
     if not paths:
         raise UserError("--mode=predict needs --images=a.jpg,b.png")
     class_names = list(brainjax.data.CLASS_NAMES)
     model, state = train.restore_for_inference(config, workdir, len(class_names))
-    images, good, failures = [], [], 0
-    for path in paths:
-        try:
-            images.append(load_image_file(path, config.image_size))
-            good.append(path)
-        except UserError as err:
-            print(f"ERROR {err}", file=sys.stderr)
-            failures += 1
+    images, good, failures = _load_images(paths, config.image_size)
     if images:
-        variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+        variables = train.model_variables(state.params, state.batch_stats)
         batch = train.to_float_images(np.stack(images))
         probs = np.asarray(jax.nn.softmax(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, batch)))
         for path, p in zip(good, probs):
@@ -62,21 +70,14 @@ def gallery_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequen
     import os
 
     from brainjax import evaluate
-    from brainjax.data.pipeline import load_image_file
 
     if not paths:
         raise UserError("--mode=gallery needs --images=x.jpg")
     os.makedirs(workdir, exist_ok=True)
-    failures = 0
-    for i, path in enumerate(paths):
-        try:
-            image = load_image_file(path, config.image_size).astype(np.float32) / 255.0
-        except UserError as err:
-            print(f"ERROR {err}", file=sys.stderr)
-            failures += 1
-            continue
+    images, good, failures = _load_images(paths, config.image_size)
+    for i, (path, image) in enumerate(zip(good, images)):
         out = os.path.join(workdir, "gallery.png" if i == 0 else f"gallery_{i}.png")
-        evaluate.gallery(image, out)
+        evaluate.gallery(image.astype(np.float32) / 255.0, out)
         print(f"{path}: wrote {out}")
     return failures
 

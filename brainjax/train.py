@@ -47,7 +47,7 @@ def _global_indices(n: int, axis_name: str | None) -> jax.Array:
     return offset + jnp.arange(n)
 
 
-def _variables(params: Any, batch_stats: Any) -> dict:
+def model_variables(params: Any, batch_stats: Any) -> dict:
     return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
 
 
@@ -85,7 +85,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
 
     def loss_fn(trainable_params):
         params = partition.merge(trainable_params, jax.lax.stop_gradient(frozen))
-        logits, new_vars = model.apply(_variables(params, state.batch_stats), images, train=True,
+        logits, new_vars = model.apply(model_variables(params, state.batch_stats), images, train=True,
                                        rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
         loss = cross_entropy(logits, labels, label_smoothing).mean()
         return loss, (logits, new_vars.get("batch_stats", state.batch_stats))
@@ -121,7 +121,7 @@ def eval_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array,
     images = to_float_images(batch["image"])
     if corruption is not None:
         images = degrade.apply(images, degrade.example_keys(rng, batch["index"]), corruption, level)
-    return model.apply(_variables(state.params, state.batch_stats), images, train=False)
+    return model.apply(model_variables(state.params, state.batch_stats), images, train=False)
 
 
 # ---------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def to_gray_resized(image: tf.Tensor, size: int) -> tf.Tensor:
         image = image[..., :3]
     if channels in (3, 4):
         image = tf.image.rgb_to_grayscale(image)
-    if image.shape[0] != size or image.shape[1] != size or image.shape[0] is None:
+    if image.shape[0] != size or image.shape[1] != size:  # also true for unknown (None) sizes
         image = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear", antialias=True)
         image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     return tf.ensure_shape(image, (size, size, 1))

@@ -20,9 +20,13 @@ class Classifier(nn.Module):
     head: nn.Module
     base_batchnorm_train: bool = False
 
-    def __call__(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    @staticmethod
+    def backbone_input(images: jnp.ndarray) -> jnp.ndarray:
+        """float [0, 1], 1 or 3 channels -> float RGB in [0, 255] (the backbones' contract)."""
         x = images.astype(jnp.float32) * 255.0
-        if x.shape[-1] == 1:
-            x = jnp.repeat(x, 3, axis=-1)
+        return jnp.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+    def __call__(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        x = self.backbone_input(images)
         features = self.backbone(x, train=train and self.base_batchnorm_train)
         return self.head(features, train=train)
