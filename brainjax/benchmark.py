@@ -153,17 +153,16 @@ def keras_rates(arch: str, size: int, batch: int, repeats: int) -> dict | None:
     return out
 
 
-def seed_protocol_estimate(row: dict, num_train: int, epochs: int, repeats: int) -> dict:
+def seed_protocol_estimate(row: dict, num_train: int, epochs: int) -> dict:
     """The seed protocol (each image + one fixed degraded copy, frozen base, `epochs` epochs)
     end to end, from rates measured in this run: Keras trains every epoch through the frozen
     base; brainjax computes the base's pooled features once (at the eval-step rate) and
-    trains the head on them (timed here on features of the real width)."""
+    trains the head on them (timed here on VGG16's 512-wide pooled features)."""
     from brainjax import feature_cache
 
     n = 2 * num_train
-    arch = "vgg16"
-    model = models.create_model({"backbone": arch, "head": "enhanced", "head_hidden": (1024, 512), "dropout": 0.5}, 4)
-    width = 512 if arch.startswith("vgg") else 2048
+    model = models.create_model({"backbone": "vgg16", "head": "enhanced", "head_hidden": (1024, 512), "dropout": 0.5}, 4)
+    width = 512  # VGG16 block5 channels
     head_params = model.head.init(jax.random.key(0), jnp.zeros((1, 1, 1, width)))["params"]
     feats = np.random.default_rng(0).normal(size=(n, width)).astype(np.float32)
     labels = np.arange(n) % 4
@@ -236,7 +235,7 @@ def main(argv=None) -> dict:
     result["frozen_flops_ratio"] = rows[vgg_key]["frozen_flops_ratio"]
     result["frozen_vgg16_mfu"] = rows[vgg_key]["frozen_peak_fraction"]
     result["seed_protocol"] = seed_protocol_estimate(rows[f"{keras_settings[0][0]}@{keras_settings[0][1]}"],
-                                                     num_train=3600, epochs=20, repeats=repeats)
+                                                     num_train=3600, epochs=20)
     result["seed_protocol_speedup_vs_keras"] = result["seed_protocol"].get("speedup_vs_keras")
     result["pipeline_img_s"] = pipeline_rate(64 if not args.gpu else 224, args.batch, args.data_dir)
     result["peak_host_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
