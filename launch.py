@@ -13,6 +13,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TF's C++ INFO lines
 
+from brainjax import xla_flags  # noqa: E402  (no JAX import: flags must precede the backend)
+
+xla_flags.apply_cpu_defaults()
+
 from absl import app, flags
 from ml_collections import config_flags
 

@@ -28,25 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from brainjax import degrade, models, partition, train
+from brainjax import baselines, models, train, xla_flags
+from brainjax.baselines import median_rate
 
 SEED_CHAIN = {"recipe": "chain", "prob": 1.0, "max_ops": 3, "gaussian_noise": (0.02, 0.2),
               "gaussian_blur": (0.5, 5.0), "downsample": (0.3, 0.8)}
-
-
-def median_rate(fn: Callable[[], Any], items: int, repeats: int, min_seconds: float = 1.0) -> float:
-    """items/s of fn (which must block), median of `repeats` timings after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0, n = time.perf_counter(), 0
-        while True:
-            fn()
-            n += 1
-            if time.perf_counter() - t0 >= min_seconds:
-                break
-        times.append((time.perf_counter() - t0) / n)
-    return items / float(np.median(times))
 
 
 def matmul_peak_gflops(dtype=jnp.float32, n: int = 2048, repeats: int = 3) -> float:
@@ -73,7 +59,8 @@ def _config(backbone: str, size: int, batch: int, dtype: str = "float32"):
     return c
 
 
-def flax_rates(backbone: str, size: int, batch: int, repeats: int, dtype: str = "float32") -> dict:
+def flax_rates(backbone: str, size: int, batch: int, repeats: int, dtype: str = "float32",
+               kinds: tuple[str, ...] = ("frozen", "finetune")) -> dict:
     """Frozen step (with degradation), fine-tune step, eval step: img/s and FLOPs/img."""
     c = _config(backbone, size, batch, dtype)
     model = models.create_model(c.model, 4)
@@ -83,6 +70,8 @@ def flax_rates(backbone: str, size: int, batch: int, repeats: int, dtype: str = 
     out = {}
     variables = models.init_variables(model, jax.random.key(0), (size, size, 1))
     for kind, trainable, dcfg in (("frozen", ("^head/",), SEED_CHAIN), ("finetune", (".*",), {"recipe": "none"})):
+        if kind not in kinds:
+            continue
         c.trainable = trainable
         state, tx, labels = train.create_train_state(c, model, 4, jax.random.key(0), 10, variables=variables)
         step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, label_tree=labels,
@@ -100,7 +89,8 @@ def flax_rates(backbone: str, size: int, batch: int, repeats: int, dtype: str = 
     compiled = fwd.lower(variables, batch_data["image"]).compile()
     out["eval_img_s"] = median_rate(lambda: compiled(variables, batch_data["image"]).block_until_ready(), batch, repeats)
     out["forward_flops_per_img"] = _flops(compiled) / batch
-    out["frozen_flops_ratio"] = out["frozen_flops_per_img"] / out["forward_flops_per_img"]
+    if "frozen" in kinds:
+        out["frozen_flops_ratio"] = out["frozen_flops_per_img"] / out["forward_flops_per_img"]
     return out
 
 
@@ -122,35 +112,6 @@ def pipeline_rate(size: int, batch: int, data_dir: str | None) -> float | None:
             n += b["image"].shape[1]
         rates.append(n / (time.perf_counter() - t0))
     return float(np.median(rates))
-
-
-def keras_rates(arch: str, size: int, batch: int, repeats: int) -> dict | None:
-    """The seed's recipe in Keras 3: frozen ImageNet-architecture base (random weights: speed
-    does not depend on them), GAP + enhanced head, Adam, batch `batch`; train_on_batch img/s
-    without and with XLA (jit_compile)."""
-    try:
-        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-        import keras
-    except ImportError:
-        return None
-    ctor = {"vgg16": keras.applications.VGG16, "resnet50v2": keras.applications.ResNet50V2}[arch]
-    out = {}
-    x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
-    y = np.random.default_rng(1).integers(0, 4, (batch,))
-    for label, jit in (("keras_default", False), ("keras_xla", True)):
-        base = ctor(weights=None, include_top=False, input_shape=(size, size, 3))
-        base.trainable = False
-        inp = keras.Input((size, size, 3))
-        h = keras.layers.GlobalAveragePooling2D()(base(inp, training=False))
-        h = keras.layers.Dropout(0.5)(keras.layers.Dense(1024, activation="relu")(h))
-        h = keras.layers.Dropout(0.5)(keras.layers.Dense(512, activation="relu")(h))
-        model = keras.Model(inp, keras.layers.Dense(4, activation="softmax")(h))
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=jit)
-        out[f"{label}_frozen_img_s"] = median_rate(lambda: model.train_on_batch(x, y), batch, repeats)
-        base.trainable = True
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=jit)
-        out[f"{label}_finetune_img_s"] = median_rate(lambda: model.train_on_batch(x, y), batch, repeats)
-    return out
 
 
 def seed_protocol_estimate(row: dict, num_train: int, epochs: int) -> dict:

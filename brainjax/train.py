@@ -261,6 +261,14 @@ def predict_split(eval_fn: Callable, rstate: TrainState, batches, rng: jax.Array
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from `workdir` if it holds a checkpoint), then evaluates the best
     checkpoint on the test split, clean and degraded. Returns the report dict."""
+    if config.get("fixed_degraded_copy") and not config.get("feature_cache"):
+        raise UserError("config.fixed_degraded_copy=True (the seed's fixed degraded copies) is implemented for the "
+                        "feature-cache path: set config.feature_cache=True (frozen base), or use "
+                        "config.train_degrade for random per-step degradation instead")
+    if config.get("feature_cache"):
+        from brainjax import feature_cache
+
+        return feature_cache.train_and_evaluate(config, workdir)
     from brainjax import evaluate  # matplotlib/sklearn only at the end
     from brainjax.data.pipeline import InputPipeline
 

@@ -50,6 +50,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.early_stopping = ml_collections.ConfigDict(dict(enabled=True, patience=8, min_delta=1e-4))
     c.log_every_steps = 10
 
+    # Feature cache (frozen base + fixed inputs only): the base's pooled features are
+    # computed once and the head trains on them; fixed_degraded_copy adds one fixed
+    # degraded copy of every training image (the seed project's protocol). See
+    # brainjax/feature_cache.py and configs/seed_protocol.py.
+    c.feature_cache = False
+    c.fixed_degraded_copy = False
+
     # Degradation during training (on device, per example): the seed recipe = a random
     # non-empty subset of the corruptions, in random order, levels uniform in the ranges.
     # Any corruption of brainjax.degrade.NAMES can be added with a (low, high) range;

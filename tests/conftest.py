@@ -8,6 +8,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from brainjax import xla_flags  # noqa: E402
+
+xla_flags.apply_cpu_defaults()
+
 import pytest  # noqa: E402
 
 

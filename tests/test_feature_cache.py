@@ -42,3 +42,52 @@ def test_cached_head_training_matches_uncached_frozen_steps():
     a = np.asarray(apply(feature_cache.with_head(variables, cached), x)).argmax(-1)
     b = np.asarray(apply({"params": s.params}, x)).argmax(-1)
     assert (a == b).mean() > 0.97
+
+
+def _cached_config(smoke_config, tmp_path):
+    c = smoke_config
+    c.trainable = ("^head/",)
+    c.train_degrade.recipe, c.train_degrade.flip_lr = "none", False
+    c.feature_cache, c.fixed_degraded_copy = True, True
+    c.num_epochs = 3
+    c.eval.seed_protocol_split = c.val_split
+    return c
+
+
+def test_engine_feature_cache_run_checkpoints_and_resumes(smoke_config, tmp_path):
+    import json
+
+    c = _cached_config(smoke_config, tmp_path)
+    workdir = str(tmp_path / "run")
+    report = train.train_and_evaluate(c, workdir)
+    assert report["clean"]["confusion_matrix"] and sum(map(sum, report["clean"]["confusion_matrix"])) == 120
+    assert "seed_protocol" in report
+    epochs = [json.loads(l) for l in open(f"{workdir}/metrics.jsonl") if '"epoch"' in l]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3] and all(e["feature_cache"] for e in epochs)
+    # 720 training images + 720 fixed degraded copies, batch 32, drop remainder -> 45 steps per epoch
+    assert epochs[-1]["step"] == 3 * (1440 // 32)
+    again = train.train_and_evaluate(c, workdir)  # complete: evaluates the best checkpoint, no training
+    assert again["clean"]["accuracy"] == report["clean"]["accuracy"]
+    assert len(open(f"{workdir}/metrics.jsonl").readlines()) == len(epochs)
+    # the checkpoint serves inference like any run's
+    model, state = train.restore_for_inference(c, workdir, 4)
+    assert int(state.step) > 0
+
+
+def test_engine_feature_cache_refuses_inexact_setups(smoke_config, tmp_path):
+    import pytest
+
+    from brainjax.errors import UserError
+
+    c = _cached_config(smoke_config, tmp_path)
+    c.trainable = (".*",)
+    with pytest.raises(UserError, match="config.trainable"):
+        train.train_and_evaluate(c, str(tmp_path / "a"))
+    c = _cached_config(smoke_config, tmp_path)
+    c.train_degrade.recipe = "chain"
+    with pytest.raises(UserError, match="train_degrade"):
+        train.train_and_evaluate(c, str(tmp_path / "b"))
+    c = _cached_config(smoke_config, tmp_path)
+    c.feature_cache = False
+    with pytest.raises(UserError, match="fixed_degraded_copy"):
+        train.train_and_evaluate(c, str(tmp_path / "c"))

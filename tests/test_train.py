@@ -1,6 +1,8 @@
 """Step functions: frozen partitions, FLOPs, pmap == single device, determinism."""
 
 import functools
+import glob
+import os
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,8 @@ from flax import traverse_util
 
 from brainjax import models, parallel, partition, train
 from configs import smoke
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _setup(trainable=(".*",), tiny=None, head="baseline", size=32, degrade_cfg=None):
@@ -180,3 +184,16 @@ def test_cosine_schedule_and_label_smoothing_train():
     assert np.isfinite(float(m["loss_sum"]))
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(jax.device_get(first.params)),
                                                           jax.tree.leaves(jax.device_get(second.params))))
+
+
+@pytest.mark.parametrize("name", sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                                        if not p.endswith("__init__.py")))
+def test_every_config_file_builds(name):
+    """Each configs/*.py returns a ConfigDict with the keys the engine reads."""
+    import importlib
+
+    c = importlib.import_module(f"configs.{name}").get_config()
+    for key in ("dataset", "image_size", "batch_size", "model", "trainable", "train_degrade", "eval", "feature_cache"):
+        assert key in c, (name, key)
+    if c.feature_cache:
+        assert c.trainable == ("^head/",) and c.train_degrade.recipe == "none" and not c.train_degrade.flip_lr
