@@ -38,24 +38,43 @@ def keras_rates(arch: str, size: int, batch: int, repeats: int) -> dict | None:
         import keras
     except ImportError:
         return None
-    ctor = {"vgg16": keras.applications.VGG16, "resnet50v2": keras.applications.ResNet50V2}[arch]
     out = {}
     x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
     y = np.random.default_rng(1).integers(0, 4, (batch,))
     for label, jit in (("keras_default", False), ("keras_xla", True)):
-        base = ctor(weights=None, include_top=False, input_shape=(size, size, 3))
-        base.trainable = False
-        inp = keras.Input((size, size, 3))
-        h = keras.layers.GlobalAveragePooling2D()(base(inp, training=False))
-        h = keras.layers.Dropout(0.5)(keras.layers.Dense(1024, activation="relu")(h))
-        h = keras.layers.Dropout(0.5)(keras.layers.Dense(512, activation="relu")(h))
-        model = keras.Model(inp, keras.layers.Dense(4, activation="softmax")(h))
+        model, base = keras_seed_model(keras, arch, size)
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=jit)
         out[f"{label}_frozen_img_s"] = median_rate(lambda: model.train_on_batch(x, y), batch, repeats)
         base.trainable = True
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=jit)
         out[f"{label}_finetune_img_s"] = median_rate(lambda: model.train_on_batch(x, y), batch, repeats)
     return out
+
+
+def keras_seed_model(keras: Any, arch: str, size: int) -> tuple[Any, Any]:
+    """(model, base): the seed's Keras model, base frozen, compiled with Adam."""
+    ctor = {"vgg16": keras.applications.VGG16, "resnet50v2": keras.applications.ResNet50V2}[arch]
+    base = ctor(weights=None, include_top=False, input_shape=(size, size, 3))
+    base.trainable = False
+    inp = keras.Input((size, size, 3))
+    h = keras.layers.GlobalAveragePooling2D()(base(inp, training=False))
+    h = keras.layers.Dropout(0.5)(keras.layers.Dense(1024, activation="relu")(h))
+    h = keras.layers.Dropout(0.5)(keras.layers.Dense(512, activation="relu")(h))
+    return keras.Model(inp, keras.layers.Dense(4, activation="softmax")(h)), base
+
+
+def keras_fit_seconds(x: np.ndarray, y: np.ndarray, *, epochs: int, batch: int, arch: str = "vgg16") -> float | None:
+    """Wall-clock seconds of the seed's `model.fit` (Keras default: no XLA), frozen base."""
+    try:
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        import keras
+    except ImportError:
+        return None
+    model, _ = keras_seed_model(keras, arch, x.shape[1])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    t0 = time.perf_counter()
+    model.fit(x, y, batch_size=batch, epochs=epochs, shuffle=True, verbose=0)
+    return time.perf_counter() - t0
 
 
 def torch_vgg16(torch: Any) -> Any:

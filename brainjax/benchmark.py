@@ -114,31 +114,75 @@ def pipeline_rate(size: int, batch: int, data_dir: str | None) -> float | None:
     return float(np.median(rates))
 
 
-def seed_protocol_estimate(row: dict, num_train: int, epochs: int) -> dict:
-    """The seed protocol (each image + one fixed degraded copy, frozen base, `epochs` epochs)
-    end to end, from rates measured in this run: Keras trains every epoch through the frozen
-    base; brainjax computes the base's pooled features once (at the eval-step rate) and
-    trains the head on them (timed here on VGG16's 512-wide pooled features)."""
+def seed_protocol_inputs_phantom(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """n phantom slices (uint8 [n, size, size, 1]) with balanced labels, no TF needed."""
+    from brainjax.data import phantom
+
+    labels = (np.arange(n) % 4).astype(np.int32)
+    return np.stack([phantom.generate_slice(7, i, int(l), size) for i, l in enumerate(labels)]), labels
+
+
+def seed_protocol_end_to_end(n_images: int, size: int, epochs: int, batch: int, with_keras: bool) -> dict:
+    """The seed protocol measured end to end on the phantom, both frameworks on the same
+    inputs: n_images slices + one fixed degraded copy each, frozen VGG16 + the seed's head,
+    Adam 1e-3, batch 32, `epochs` epochs. brainjax: degraded copies + pooled features once +
+    head training on the cache (`feature_cache.fit_head`, compilation included). Keras: its
+    default `model.fit` on the same float RGB arrays (graph building included; the degraded
+    copies are given to it for free)."""
     from brainjax import feature_cache
 
-    n = 2 * num_train
-    model = models.create_model({"backbone": "vgg16", "head": "enhanced", "head_hidden": (1024, 512), "dropout": 0.5}, 4)
-    width = 512  # VGG16 block5 channels
-    head_params = model.head.init(jax.random.key(0), jnp.zeros((1, 1, 1, width)))["params"]
-    feats = np.random.default_rng(0).normal(size=(n, width)).astype(np.float32)
-    labels = np.arange(n) % 4
-    feature_cache.train_head(model, head_params, feats[:256], labels[:256], epochs=1)  # compile
-    t0 = time.perf_counter()
-    feature_cache.train_head(model, head_params, feats, labels, epochs=epochs)
-    head_seconds = time.perf_counter() - t0
-    out = {"images_per_epoch": n, "epochs": epochs, "head_training_seconds": head_seconds,
-           "feature_extraction_seconds": n / row["eval_img_s"]}
-    out["brainjax_cached_seconds"] = out["feature_extraction_seconds"] + head_seconds
-    out["brainjax_uncached_seconds"] = epochs * n / row["frozen_img_s"]
-    if "keras_default_frozen_img_s" in row:
-        out["keras_seconds"] = epochs * n / row["keras_default_frozen_img_s"]
-        out["speedup_vs_keras"] = out["keras_seconds"] / out["brainjax_cached_seconds"]
+    images, labels = seed_protocol_inputs_phantom(n_images, size)
+    model = models.create_model({"backbone": "vgg16", "head": "enhanced", "head_hidden": (1024, 512),
+                                 "dropout": 0.5}, 4)
+    variables = models.init_variables(model, jax.random.key(0), (size, size, 1))
+    fit = feature_cache.fit_head(model, variables, images, labels, epochs=epochs, batch=batch)
+    out = {"images": n_images, "inputs_per_epoch": fit["num_inputs"], "epochs": epochs, "image_size": size,
+           "brainjax_cached_seconds": fit["seconds"]["total"], "brainjax_phases_seconds": fit["seconds"]}
+    if with_keras:
+        x, y = feature_cache.seed_protocol_inputs(images, labels)
+        seconds = baselines.keras_fit_seconds(np.repeat(x, 3, axis=-1).astype(np.float32), y, epochs=epochs,
+                                              batch=batch)
+        if seconds is not None:
+            out["keras_default_seconds"] = seconds
+            out["speedup_vs_keras"] = seconds / out["brainjax_cached_seconds"]
     return out
+
+
+def _settings(args) -> tuple[list, list, dict]:
+    """(brainjax settings, competitor settings, seed-protocol run) for the chosen mode."""
+    if args.gpu:
+        return [("vgg16", 224), ("resnet50v2", 224), ("tiny", 64)], [("vgg16", 224)], {}
+    if args.quick:
+        return [("tiny", 64), ("vgg16", 112)], [("vgg16", 112)], {"n_images": 256, "size": 64}
+    return ([("tiny", 64), ("vgg16", 64), ("vgg16", 224), ("resnet50v2", 64), ("resnet50v2", 224)],
+            [("vgg16", 224), ("resnet50v2", 224)], {"n_images": 1000, "size": 64})
+
+
+def _competitors(arch: str, size: int, args, repeats: int) -> dict:
+    """Keras (CPU runs) and PyTorch (VGG16; CPU, or CUDA + bf16 with --gpu) rates, where installed."""
+    out: dict = {}
+    if not args.no_keras:
+        out.update(baselines.keras_rates(arch, size, args.batch, repeats) or {})
+    if arch == "vgg16" and not args.no_torch:
+        out.update(baselines.torch_rates(size, args.batch, repeats, device="cuda" if args.gpu else "cpu",
+                                         bf16=args.gpu) or {})
+    return out
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def print_table(rows: dict) -> None:
+    cols = [("brainjax", "frozen_img_s", "finetune_img_s"), ("keras", "keras_default_frozen_img_s", "keras_default_finetune_img_s"),
+            ("keras+XLA", "keras_xla_frozen_img_s", "keras_xla_finetune_img_s"),
+            ("torch", "torch_eager_frozen_img_s", "torch_eager_finetune_img_s"),
+            ("torch.compile", "torch_compile_frozen_img_s", "torch_compile_finetune_img_s")]
+    print("\nimages/s, frozen base (+ on-device degradation for brainjax) / full fine-tune")
+    print(f"{'setting':16s}" + "".join(f"{c[0]:>20s}" for c in cols) + f"{'brainjax eval':>16s}")
+    for key, r in rows.items():
+        print(f"{key:16s}" + "".join(f"{_fmt(r.get(f)) + ' / ' + _fmt(r.get(t)):>20s}" for _, f, t in cols)
+              + f"{_fmt(r.get('eval_img_s')):>16s}")
 
 
 def main(argv=None) -> dict:
@@ -148,24 +192,24 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--data_dir", default=None, help="tfds data_dir for the pipeline measurement")
     ap.add_argument("--no_keras", action="store_true")
+    ap.add_argument("--no_torch", action="store_true")
     ap.add_argument("--dtype", default="float32", help="compute dtype (params stay float32): float32 | bfloat16")
     ap.add_argument("--gpu", action="store_true",
                     help="accelerator table: bfloat16, batch 256, VGG16/ResNet50V2 at 224, MFU vs a bf16 matmul "
-                         "peak measured in the same call; no Keras/TF needed")
+                         "peak measured in the same call, PyTorch (CUDA, bf16 autocast) where installed; no TF")
     ap.add_argument("--out", default="benchmark.json")
     args = ap.parse_args(argv)
+    xla_flags.apply_cpu_defaults()  # what launch.py runs with; before the first JAX computation
     repeats = args.repeats or 3
-    settings = ([("tiny", 64), ("vgg16", 112)] if args.quick else
-                [("tiny", 64), ("vgg16", 64), ("vgg16", 224), ("resnet50v2", 64), ("resnet50v2", 224)])
-    keras_settings = [("vgg16", 112)] if args.quick else [("vgg16", 224), ("resnet50v2", 224)]
     if args.gpu:
         args.dtype, args.batch, args.no_keras = "bfloat16", max(args.batch, 256), True
-        settings, keras_settings = [("vgg16", 224), ("resnet50v2", 224), ("tiny", 64)], [("vgg16", 224)]
+    settings, competitor_settings, seed_run = _settings(args)
     result: dict = {"device": str(jax.devices()[0]), "jax": jax.__version__, "batch": args.batch,
-                    "dtype": args.dtype, "date": time.strftime("%Y-%m-%d"), "quick": args.quick}
+                    "dtype": args.dtype, "date": time.strftime("%Y-%m-%d"), "quick": args.quick,
+                    "xla_flags": os.environ.get("XLA_FLAGS", "")}
     result["matmul_peak_gflops"] = matmul_peak_gflops(dtype=jnp.dtype(args.dtype), n=8192 if args.gpu else 2048,
                                                       repeats=repeats)
-    print(f"device {result['device']}; float32 matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s", flush=True)
+    print(f"device {result['device']}; {args.dtype} matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s", flush=True)
     rows = {}
     for arch, size in settings:
         r = flax_rates(arch, size, args.batch, repeats, args.dtype)
@@ -176,32 +220,36 @@ def main(argv=None) -> dict:
               f"({r['frozen_gflops']:.1f} GFLOP/s, {100 * r['frozen_peak_fraction']:.0f}% of peak; "
               f"FLOPs ratio frozen/forward {r['frozen_flops_ratio']:.2f}) | finetune {r['finetune_img_s']:.1f} | "
               f"eval {r['eval_img_s']:.1f}", flush=True)
+    for arch, size in competitor_settings:
+        r = rows[f"{arch}@{size}"]
+        r.update(_competitors(arch, size, args, repeats))
+        print(f"competitors {arch}@{size}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.items()
+                                                        if k.startswith(("keras", "torch")) and isinstance(v, float)),
+              flush=True)
+        for kind in ("frozen", "finetune"):
+            for ref in ("keras_default", "torch_compile", "torch_eager"):
+                if r.get(f"{ref}_{kind}_img_s"):
+                    r[f"{kind}_step_ratio_vs_{ref.split('_')[0] if ref == 'keras_default' else ref}"] = (
+                        r[f"{kind}_img_s"] / r[f"{ref}_{kind}_img_s"])
     result["brainjax"] = rows
-    if not args.no_keras:
-        for arch, size in keras_settings:
-            k = keras_rates(arch, size, args.batch, repeats)
-            if k is None:
-                break
-            rows[f"{arch}@{size}"].update(k)
-            r = rows[f"{arch}@{size}"]
-            print(f"keras {arch}@{size}: frozen {k['keras_default_frozen_img_s']:.1f} img/s (XLA "
-                  f"{k['keras_xla_frozen_img_s']:.1f}) | finetune {k['keras_default_finetune_img_s']:.1f} "
-                  f"(XLA {k['keras_xla_finetune_img_s']:.1f})", flush=True)
-            r["frozen_step_ratio_vs_keras"] = r["frozen_img_s"] / k["keras_default_frozen_img_s"]
-            r["finetune_step_ratio_vs_keras"] = r["finetune_img_s"] / k["keras_default_finetune_img_s"]
-        main_row = rows[f"{keras_settings[0][0]}@{keras_settings[0][1]}"]
-        for key in ("frozen_step_ratio_vs_keras", "finetune_step_ratio_vs_keras"):
-            result[key] = main_row.get(key)
+    main_row = rows[f"{competitor_settings[0][0]}@{competitor_settings[0][1]}"]
+    for key in ("frozen_step_ratio_vs_keras", "finetune_step_ratio_vs_keras", "frozen_step_ratio_vs_torch_compile",
+                "finetune_step_ratio_vs_torch_compile"):
+        result[key] = main_row.get(key)
     vgg_key = next(k for k in rows if k.startswith("vgg16"))
     result["frozen_flops_ratio"] = rows[vgg_key]["frozen_flops_ratio"]
     result["frozen_vgg16_mfu"] = rows[vgg_key]["frozen_peak_fraction"]
-    result["seed_protocol"] = seed_protocol_estimate(rows[f"{keras_settings[0][0]}@{keras_settings[0][1]}"],
-                                                     num_train=3600, epochs=20)
-    result["seed_protocol_speedup_vs_keras"] = result["seed_protocol"].get("speedup_vs_keras")
+    if seed_run:
+        print(f"seed protocol end to end: {seed_run['n_images']} phantom images at {seed_run['size']} px, 20 epochs",
+              flush=True)
+        result["seed_protocol"] = seed_protocol_end_to_end(seed_run["n_images"], seed_run["size"], 20, args.batch,
+                                                           with_keras=not args.no_keras)
+        result["seed_protocol_speedup_vs_keras"] = result["seed_protocol"].get("speedup_vs_keras")
     result["pipeline_img_s"] = pipeline_rate(64 if not args.gpu else 224, args.batch, args.data_dir)
     result["peak_host_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
+    print_table(rows)
     print(json.dumps({k: v for k, v in result.items() if k != "brainjax"}, indent=2))
     return result
 

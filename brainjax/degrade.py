@@ -25,6 +25,7 @@ from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Severity 1..5 levels per corruption (physical units; see BUILD_NOTES.md).
 GAUSSIAN_NOISE_SIGMA = (0.08, 0.12, 0.18, 0.26, 0.38)  # ImageNet-C gaussian_noise, std on [0, 1]
@@ -212,10 +213,12 @@ def contrast(image: jax.Array, key: jax.Array, factor: jax.Array) -> jax.Array:
     return jnp.clip((image - mean) * factor + mean, 0.0, 1.0)
 
 
-_JPEG_LUMA = jnp.array([
+# numpy, not jnp: a module-level device array would start the JAX backend at import time,
+# before launch.py / the benchmark have set XLA_FLAGS (brainjax/xla_flags.py).
+_JPEG_LUMA = np.array([
     16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
     14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], jnp.float32).reshape(8, 8)
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], np.float32).reshape(8, 8)
 
 
 def _dct_matrix(n: int = 8) -> jax.Array:

@@ -138,6 +138,25 @@ def test_benchmark_measures_tiny_model():
     assert r["frozen_flops_per_img"] < r["finetune_flops_per_img"]
 
 
+def test_benchmark_seed_protocol_end_to_end_small():
+    """The measured seed-protocol comparison runs both frameworks on the same inputs."""
+    pytest.importorskip("keras")
+    from brainjax import benchmark
+
+    r = benchmark.seed_protocol_end_to_end(n_images=8, size=32, epochs=2, batch=4, with_keras=True)
+    assert r["inputs_per_epoch"] == 16
+    assert r["brainjax_cached_seconds"] > 0 and r["keras_default_seconds"] > 0
+    assert r["speedup_vs_keras"] == pytest.approx(r["keras_default_seconds"] / r["brainjax_cached_seconds"])
+
+
+def test_torch_baseline_when_installed():
+    pytest.importorskip("torch")
+    from brainjax import baselines
+
+    r = baselines.torch_rates(32, 4, 1, compile_modes=(False,))
+    assert r["torch_eager_frozen_img_s"] > 0 and r["torch_eager_finetune_img_s"] > 0
+
+
 def test_bfloat16_compute_keeps_float32_params():
     config = smoke.get_config()
     config.model.dtype = "bfloat16"
@@ -197,3 +216,17 @@ def test_every_config_file_builds(name):
         assert key in c, (name, key)
     if c.feature_cache:
         assert c.trainable == ("^head/",) and c.train_degrade.recipe == "none" and not c.train_degrade.flip_lr
+
+
+def test_importing_brainjax_leaves_xla_flags_settable():
+    """XLA reads XLA_FLAGS when the backend starts; no brainjax import may start it, or the
+    launcher's / benchmark's flags (brainjax/xla_flags.py) would silently not apply."""
+    import subprocess
+    import sys
+
+    code = ("import os; import brainjax.benchmark, brainjax.train, brainjax.feature_cache, brainjax.evaluate, "
+            "brainjax.run; os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=3'; "
+            "import jax; print(len(jax.devices()))")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "3", out.stderr[-2000:]
