@@ -22,7 +22,7 @@ import os
 import resource
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
