@@ -30,13 +30,21 @@ def median_rate(fn: Callable[[], Any], items: int, repeats: int, min_seconds: fl
     return items / float(np.median(times))
 
 
-def keras_rates(arch: str, size: int, batch: int, repeats: int) -> dict | None:
-    """Keras 3 (TF backend, the seed's framework): `train_on_batch` img/s as the seed runs
-    it (Keras's default, no XLA on CPU) and with jit_compile=True; frozen and fine-tune."""
+def _import_keras() -> Any:
+    """Keras 3 on its TensorFlow backend (the seed's framework), or None if not installed."""
     try:
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
         import keras
     except ImportError:
+        return None
+    return keras
+
+
+def keras_rates(arch: str, size: int, batch: int, repeats: int) -> dict | None:
+    """Keras 3 (TF backend, the seed's framework): `train_on_batch` img/s as the seed runs
+    it (Keras's default, no XLA on CPU) and with jit_compile=True; frozen and fine-tune."""
+    keras = _import_keras()
+    if keras is None:
         return None
     out = {}
     x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
@@ -52,7 +60,7 @@ def keras_rates(arch: str, size: int, batch: int, repeats: int) -> dict | None:
 
 
 def keras_seed_model(keras: Any, arch: str, size: int) -> tuple[Any, Any]:
-    """(model, base): the seed's Keras model, base frozen, compiled with Adam."""
+    """(model, base): the seed's Keras model with its base frozen (not compiled)."""
     ctor = {"vgg16": keras.applications.VGG16, "resnet50v2": keras.applications.ResNet50V2}[arch]
     base = ctor(weights=None, include_top=False, input_shape=(size, size, 3))
     base.trainable = False
@@ -65,10 +73,8 @@ def keras_seed_model(keras: Any, arch: str, size: int) -> tuple[Any, Any]:
 
 def keras_fit_seconds(x: np.ndarray, y: np.ndarray, *, epochs: int, batch: int, arch: str = "vgg16") -> float | None:
     """Wall-clock seconds of the seed's `model.fit` (Keras default: no XLA), frozen base."""
-    try:
-        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-        import keras
-    except ImportError:
+    keras = _import_keras()
+    if keras is None:
         return None
     model, _ = keras_seed_model(keras, arch, x.shape[1])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -109,7 +115,7 @@ def torch_rates(size: int, batch: int, repeats: int, *, device: str = "cpu", bf1
         for kind in ("frozen", "finetune"):
             torch.manual_seed(0)
             model = torch_vgg16(torch).to(device).to(memory_format=torch.channels_last)
-            base, head = model[0], model[1]
+            base = model[0]
             if kind == "frozen":
                 base.requires_grad_(False)
                 base.eval()

@@ -28,11 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from brainjax import baselines, models, train, xla_flags
+from brainjax import baselines, degrade, models, train, xla_flags
 from brainjax.baselines import median_rate
 
-SEED_CHAIN = {"recipe": "chain", "prob": 1.0, "max_ops": 3, "gaussian_noise": (0.02, 0.2),
-              "gaussian_blur": (0.5, 5.0), "downsample": (0.3, 0.8)}
+# brainjax name of each competitor -> its key prefix in the rows ("<prefix>_<kind>_img_s").
+COMPETITORS = {"keras": "keras_default", "torch_compile": "torch_compile", "torch_eager": "torch_eager"}
 
 
 def matmul_peak_gflops(dtype=jnp.float32, n: int = 2048, repeats: int = 3) -> float:
@@ -69,7 +69,7 @@ def flax_rates(backbone: str, size: int, batch: int, repeats: int, dtype: str = 
                                  "label": rng.integers(0, 4, (batch,)).astype(np.int32)})
     out = {}
     variables = models.init_variables(model, jax.random.key(0), (size, size, 1))
-    for kind, trainable, dcfg in (("frozen", ("^head/",), SEED_CHAIN), ("finetune", (".*",), {"recipe": "none"})):
+    for kind, trainable, dcfg in (("frozen", ("^head/",), degrade.SEED_CHAIN_CFG), ("finetune", (".*",), {"recipe": "none"})):
         if kind not in kinds:
             continue
         c.trainable = trainable
@@ -227,10 +227,9 @@ def main(argv=None) -> dict:
                                                         if k.startswith(("keras", "torch")) and isinstance(v, float)),
               flush=True)
         for kind in ("frozen", "finetune"):
-            for ref in ("keras_default", "torch_compile", "torch_eager"):
-                if r.get(f"{ref}_{kind}_img_s"):
-                    r[f"{kind}_step_ratio_vs_{ref.split('_')[0] if ref == 'keras_default' else ref}"] = (
-                        r[f"{kind}_img_s"] / r[f"{ref}_{kind}_img_s"])
+            for name, prefix in COMPETITORS.items():
+                if r.get(f"{prefix}_{kind}_img_s"):
+                    r[f"{kind}_step_ratio_vs_{name}"] = r[f"{kind}_img_s"] / r[f"{prefix}_{kind}_img_s"]
     result["brainjax"] = rows
     main_row = rows[f"{competitor_settings[0][0]}@{competitor_settings[0][1]}"]
     for key in ("frozen_step_ratio_vs_keras", "finetune_step_ratio_vs_keras", "frozen_step_ratio_vs_torch_compile",

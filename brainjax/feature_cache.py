@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from typing import Any, Iterator
 
@@ -96,7 +95,7 @@ class HeadTrainer:
 
     def __init__(self, model: Any, head_params: Any, tx: optax.GradientTransformation, *, batch: int,
                  seed: int = 0, label_smoothing: float = 0.0):
-        self.head, self.tx, self.batch, self.seed = model.head, tx, batch, seed
+        self.head, self.batch, self.seed = model.head, batch, seed
         self.step_fn = _compiled_head_step(model.head, tx, float(label_smoothing))
         self.params = jax.tree.map(lambda a: jnp.array(a, copy=True), head_params)  # donated; keep the caller's
         self.opt_state = tx.init(self.params)
@@ -190,12 +189,8 @@ def check_config(config: ml_collections.ConfigDict, label_tree: Any, has_batch_s
 
 def _split_arrays(pipeline: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Every example of `split` (uint8 images, labels), in order, from the cached pipeline."""
-    images, labels = [], []
-    for batch in pipeline.eval_batches(split):
-        mask = batch["mask"].reshape(-1) > 0
-        images.append(batch["image"].reshape(-1, *batch["image"].shape[2:])[mask])
-        labels.append(batch["label"].reshape(-1)[mask])
-    return np.concatenate(images), np.concatenate(labels).astype(np.int32)
+    parts = [train.real_examples(batch, ("image", "label")) for batch in pipeline.eval_batches(split)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]).astype(np.int32)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -206,9 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from brainjax import checkpoint, evaluate, models, parallel
     from brainjax.data.pipeline import InputPipeline
 
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    train.write_config(config, workdir)
     pipeline = InputPipeline(config, num_local_devices=jax.local_device_count())
     model = models.create_model(config.model, pipeline.num_classes)
     init_rng, _, eval_rng = jax.random.split(jax.random.key(config.seed), 3)
@@ -223,12 +216,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         log.info("training already complete in %s; evaluating the best checkpoint", workdir)
         state = ckpt.restore_best(state)[0]
     else:  # cached training is cheap: an interrupted run starts again from the features
-        state = _train_cached(config, model, state, label_tree, pipeline, ckpt, workdir, steps_per_epoch)
+        state = _train_cached(config, model, state, pipeline, ckpt, workdir, steps_per_epoch)
     ckpt.close()
     return evaluate.evaluate(config, eval_fns, parallel.replicate(state), pipeline, workdir, eval_rng)
 
 
-def _train_cached(config, model, state, label_tree, pipeline, ckpt, workdir, steps_per_epoch):
+def _train_cached(config, model, state, pipeline, ckpt, workdir, steps_per_epoch):
     t0 = time.perf_counter()
     variables = train.model_variables(state.params, state.batch_stats)
     images, labels = _split_arrays(pipeline, config.train_split)
@@ -249,6 +242,10 @@ def _train_cached(config, model, state, label_tree, pipeline, ckpt, workdir, ste
     writer = train.MetricsWriter(workdir)
     loop = train._new_loop_state()
     best_head = jax.device_get(trainer.params)
+
+    def state_with(head: Any) -> Any:
+        return state.replace(params={**state.params, "head": head}, step=np.int32(trainer.steps))
+
     while loop["epoch"] < config.num_epochs and not loop["stop"]:
         t_epoch = time.perf_counter()
         loss = trainer.epoch(feats, labels_d, loop["lr_scale"])
@@ -260,14 +257,13 @@ def _train_cached(config, model, state, label_tree, pipeline, ckpt, workdir, ste
         loop["epoch"] += 1
         if loop["improved"]:
             best_head = jax.device_get(trainer.params)
-            best_state = state.replace(params={**state.params, "head": best_head}, step=np.int32(trainer.steps))
-            ckpt.save(loop["epoch"], best_state, loop, val_loss=val_loss, is_best=True)
+            ckpt.save(loop["epoch"], state_with(best_head), loop, val_loss=val_loss, is_best=True)
         writer.write(kind="epoch", epoch=loop["epoch"], step=trainer.steps, loss=loss, val_loss=val_loss,
                      val_accuracy=val_acc, learning_rate=lr_used, epoch_seconds=time.perf_counter() - t_epoch,
                      feature_cache=True)
         log.info("epoch %d/%d  loss %.4f | val_loss %.4f val_acc %.4f%s | lr %.2e (cached features)", loop["epoch"],
                  config.num_epochs, loss, val_loss, val_acc, " *" if loop["improved"] else "", lr_used)
-    final = state.replace(params={**state.params, "head": best_head}, step=np.int32(trainer.steps))
+    final = state_with(best_head)
     if not loop["improved"]:  # record completion (the best state is already in best/)
         ckpt.save(loop["epoch"], final, loop, val_loss=loop["best_val_loss"], is_best=False)
     log.info("feature-cache training done in %.1f s (best epoch %d)", time.perf_counter() - t0, loop["best_epoch"] + 1)

@@ -245,17 +245,33 @@ def make_eval_fns(model: Any, corruptions: tuple[str, ...] = (), seed_protocol: 
             for name in names}
 
 
+def real_examples(batch: Mapping[str, np.ndarray], keys: tuple[str, ...]) -> list[np.ndarray]:
+    """`keys` of a padded eval batch [devices, per_device, ...], flattened over devices,
+    without the padding (mask 0) rows."""
+    mask = batch["mask"].reshape(-1) > 0
+    return [batch[k].reshape(-1, *batch[k].shape[2:])[mask] for k in keys]
+
+
 def predict_split(eval_fn: Callable, rstate: TrainState, batches, rng: jax.Array, level: float = 0.0):
     """(logits, labels, indices) of every real example in `batches`, host numpy."""
     outs, labels, indices = [], [], []
     level = np.float32(level)
     for batch in batches:
-        mask = batch["mask"].reshape(-1) > 0
         logits = eval_fn(rstate, parallel.shard({k: v for k, v in batch.items() if k != "mask"}), rng, level)
-        outs.append(np.asarray(logits).reshape(-1, logits.shape[-1])[mask])
-        labels.append(batch["label"].reshape(-1)[mask])
-        indices.append(batch["index"].reshape(-1)[mask])
+        logits, = real_examples({"logits": np.asarray(logits), "mask": batch["mask"]}, ("logits",))
+        label, index = real_examples(batch, ("label", "index"))
+        outs.append(logits)
+        labels.append(label)
+        indices.append(index)
     return np.concatenate(outs), np.concatenate(labels), np.concatenate(indices)
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """<workdir>/config.json, the resolved config of the run (process 0)."""
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -272,10 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from brainjax import evaluate  # matplotlib/sklearn only at the end
     from brainjax.data.pipeline import InputPipeline
 
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    write_config(config, workdir)
     pipeline = InputPipeline(config, num_local_devices=jax.local_device_count(),
                              process_index=jax.process_index(), process_count=jax.process_count())
     steps_per_epoch = pipeline.steps_per_epoch(config.train_split)
