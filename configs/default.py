@@ -28,8 +28,11 @@ def get_config() -> ml_collections.ConfigDict:
     # Model.
     c.model = ml_collections.ConfigDict()
     c.model.backbone = "tiny"  # tiny | vgg16 | vgg19 | resnet50v2
-    # Options of the chosen backbone live under its name (only `tiny` has any).
+    # Options of the chosen backbone live under its name.
     c.model.tiny = ml_collections.ConfigDict(dict(widths=(8, 16, 32, 64), convs_per_block=2, batchnorm=True))
+    # VGG 3x3 convolutions: auto (Winograd on CPU for >= 256 output channels) | direct | winograd.
+    c.model.vgg16 = ml_collections.ConfigDict(dict(conv_impl="auto"))
+    c.model.vgg19 = ml_collections.ConfigDict(dict(conv_impl="auto"))
     c.model.head = "enhanced"  # baseline | enhanced
     c.model.head_hidden = (256, 128)
     c.model.dropout = 0.3
