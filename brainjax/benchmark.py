@@ -208,6 +208,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--gpu", action="store_true",
                     help="accelerator table: bfloat16, batch 256, VGG16/ResNet50V2 at 224, MFU vs a bf16 matmul "
                          "peak measured in the same call, PyTorch (CUDA, bf16 autocast) where installed; no TF")
+    ap.add_argument("--matmul_n", type=int, default=None, help="side of the peak matmul (8192 with --gpu, else 2048)")
     ap.add_argument("--out", default="benchmark.json")
     args = ap.parse_args(argv)
     xla_flags.apply_cpu_defaults()  # what launch.py runs with; before the first JAX computation
@@ -218,7 +219,7 @@ def main(argv=None) -> dict:
     result: dict = {"device": str(jax.devices()[0]), "jax": jax.__version__, "batch": args.batch,
                     "dtype": args.dtype, "date": time.strftime("%Y-%m-%d"), "quick": args.quick,
                     "xla_flags": os.environ.get("XLA_FLAGS", "")}
-    result["matmul_peak_gflops"] = matmul_peak_gflops(dtype=jnp.dtype(args.dtype), n=8192 if args.gpu else 2048,
+    result["matmul_peak_gflops"] = matmul_peak_gflops(dtype=jnp.dtype(args.dtype), n=args.matmul_n or (8192 if args.gpu else 2048),
                                                       repeats=repeats)
     print(f"device {result['device']}; {args.dtype} matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s", flush=True)
     rows = {}
