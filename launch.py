@@ -5,6 +5,7 @@
   python launch.py --workdir=... --mode=evaluate                 # re-evaluate the best checkpoint
   python launch.py --workdir=... --mode=predict --images=a.jpg,b.png
   python launch.py --workdir=... --mode=gallery --images=x.jpg   # every corruption x severity
+  python launch.py --workdir=... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
 """
 
 import logging
@@ -25,7 +26,11 @@ config_flags.DEFINE_config_file("config", "configs/default.py", "Config file (ml
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "gallery"], "What to do.")
 flags.DEFINE_list("images", [], "Image files for --mode=predict / --mode=gallery.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-process clusters).")
+flags.DEFINE_bool("distributed", False, "Join a multi-process run: jax.distributed.initialize() with the flags "
+                  "below, or JAX's cluster auto-detection (Slurm, Open MPI, TPU) where they are absent.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --distributed).")
+flags.DEFINE_integer("num_processes", None, "Number of processes in the run (implies --distributed).")
+flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1 (implies --distributed).")
 flags.mark_flag_as_required("workdir")
 
 
@@ -41,8 +46,11 @@ def main(argv):
     tf.config.set_visible_devices([], "GPU")  # tf.data only: keep TF off the accelerators
     import jax
 
-    if FLAGS.distributed:
-        jax.distributed.initialize()
+    explicit = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
+    if FLAGS.distributed or any(v is not None for v in explicit):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes; GPUs use NCCL
+        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     from brainjax import run
 
     sys.exit(run.main(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images))

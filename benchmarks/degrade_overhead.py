@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from brainjax import degrade, models, train  # noqa: E402
+from brainjax import degrade, models, steps  # noqa: E402
+from brainjax import state as state_lib  # noqa: E402
 from configs import default  # noqa: E402
 
 BASIC = {"gaussian_noise": (0.02, 0.2), "gaussian_blur": (0.5, 5.0), "downsample": (0.3, 0.8)}
@@ -39,8 +40,8 @@ def settings():
 
 def time_step(config, degrade_cfg, steps, repeats):
     model = models.create_model(config.model, 4)
-    state, tx, labels = train.create_train_state(config, model, 4, jax.random.key(0), 10)
-    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, label_tree=labels,
+    state, tx, labels = state_lib.create_train_state(config, model, 4, jax.random.key(0), 10)
+    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, label_tree=labels,
                                      degrade_cfg=degrade_cfg), donate_argnums=0)
     n, s = config.batch_size, config.image_size
     rng = np.random.default_rng(0)

@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from brainjax import baselines, degrade, models, train, xla_flags
+from brainjax import baselines, degrade, feature_cache, models, steps, xla_flags
+from brainjax import state as state_lib
 from brainjax.baselines import median_rate
 
 # brainjax name of each competitor -> its key prefix in the rows ("<prefix>_<kind>_img_s").
@@ -73,8 +74,8 @@ def flax_rates(backbone: str, size: int, batch: int, repeats: int, dtype: str = 
         if kind not in kinds:
             continue
         c.trainable = trainable
-        state, tx, labels = train.create_train_state(c, model, 4, jax.random.key(0), 10, variables=variables)
-        step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, label_tree=labels,
+        state, tx, labels = state_lib.create_train_state(c, model, 4, jax.random.key(0), 10, variables=variables)
+        step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, label_tree=labels,
                                          degrade_cfg=dcfg), donate_argnums=0)
         compiled = step.lower(state, batch_data, jax.random.key(0)).compile()
         holder = [jax.device_put(state)]
@@ -85,7 +86,7 @@ def flax_rates(backbone: str, size: int, batch: int, repeats: int, dtype: str = 
 
         out[f"{kind}_img_s"] = median_rate(run, batch, repeats)
         out[f"{kind}_flops_per_img"] = _flops(compiled) / batch
-    fwd = jax.jit(lambda v, x: model.apply(v, train.to_float_images(x), train=False))
+    fwd = jax.jit(lambda v, x: model.apply(v, steps.to_float_images(x), train=False))
     compiled = fwd.lower(variables, batch_data["image"]).compile()
     out["eval_img_s"] = median_rate(lambda: compiled(variables, batch_data["image"]).block_until_ready(), batch, repeats)
     out["forward_flops_per_img"] = _flops(compiled) / batch
@@ -94,7 +95,7 @@ def flax_rates(backbone: str, size: int, batch: int, repeats: int, dtype: str = 
     out["model_forward_flops_per_img"] = out["forward_flops_per_img"]
     if backbone.startswith("vgg"):
         direct = models.create_model({**c.model.to_dict(), backbone: {"conv_impl": "direct"}}, 4)
-        lowered = jax.jit(lambda v, x: direct.apply(v, train.to_float_images(x), train=False)).lower(
+        lowered = jax.jit(lambda v, x: direct.apply(v, steps.to_float_images(x), train=False)).lower(
             variables, batch_data["image"])
         out["model_forward_flops_per_img"] = _flops(lowered.compile()) / batch
     if "frozen" in kinds:
@@ -125,6 +126,49 @@ def pipeline_rate(size: int, batch: int, data_dir: str | None) -> float | None:
     return float(np.median(rates))
 
 
+def _loop_images_per_sec(config, workdir: str) -> float:
+    """Training images/s of the whole loop (pipeline, device prefetch, metric windows,
+    checkpoints; compilation excluded), averaged over the epochs of a real run."""
+    from brainjax import train  # the engine itself; TensorFlow needed for its pipeline
+
+    train.train_and_evaluate(config, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        epochs = [json.loads(l) for l in f if '"kind": "epoch"' in l]
+    return float(np.mean([e["images_per_sec"] for e in epochs]))
+
+
+def loop_rates(bare_frozen_img_s: float, size: int, batch: int, data_dir: str | None) -> dict | None:
+    """loop_efficiency: the whole loop's training images/s on frozen VGG16 (seed chain
+    degradation on device, as in the bare step) / the bare step's, measured in the same
+    run; and checkpoint_overhead_percent: the default config's loop with saves every 10
+    steps vs the default interval (600 s: only the epoch-end saves, outside the timing).
+    None where TensorFlow (the input pipeline) is missing."""
+    import tempfile
+
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return None
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        c = _config("vgg16", size, batch)
+        c.dataset, c.data_dir = "brain_phantom/small", data_dir or os.path.join(tmp, "tfds")
+        c.trainable, c.num_epochs = ("^head/",), 2
+        c.train_degrade = degrade.SEED_CHAIN_CFG
+        c.eval.corruptions, c.early_stopping.enabled = (), False
+        out["loop_img_s"] = _loop_images_per_sec(c, os.path.join(tmp, "vgg"))
+        out["loop_efficiency"] = out["loop_img_s"] / bare_frozen_img_s
+        d = _config("tiny", 64, 64)
+        d.dataset, d.data_dir, d.num_epochs, d.eval.corruptions = c.dataset, c.data_dir, 3, ()
+        d.early_stopping.enabled = False
+        out["default_loop_img_s"] = _loop_images_per_sec(d, os.path.join(tmp, "default"))
+        d.checkpoint_every_steps = 10
+        out["ckpt_every_10_loop_img_s"] = _loop_images_per_sec(d, os.path.join(tmp, "every10"))
+        out["checkpoint_overhead_percent_every_10_steps"] = 100 * (1 - out["ckpt_every_10_loop_img_s"]
+                                                                   / out["default_loop_img_s"])
+    return out
+
+
 def seed_protocol_inputs_phantom(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """n phantom slices (uint8 [n, size, size, 1]) with balanced labels, no TF needed."""
     from brainjax.data import phantom
@@ -133,20 +177,44 @@ def seed_protocol_inputs_phantom(n: int, size: int) -> tuple[np.ndarray, np.ndar
     return np.stack([phantom.generate_slice(7, i, int(l), size) for i, l in enumerate(labels)]), labels
 
 
+def fit_head_cached(model: Any, variables: dict, images: np.ndarray, labels: np.ndarray, *, epochs: int,
+                    batch: int = 32, learning_rate: float = 1e-3, seed: int = 0, feature_batch: int = 64) -> dict:
+    """The seed protocol with the engine's feature cache, in memory and on one device:
+    inputs (each image + one fixed degraded copy) -> pooled base features once ->
+    `epochs` epochs of the engine's head step (Adam, cross-entropy, the head's dropout).
+    Returns the number of inputs and the time of each phase (seconds)."""
+    c = _config("vgg16", images.shape[1], batch)
+    c.trainable, c.optimizer.learning_rate = ("^head/",), learning_rate
+    t0 = time.perf_counter()
+    x, y = feature_cache.seed_protocol_inputs(images, labels, seed)
+    t1 = time.perf_counter()
+    feats = jax.device_put(feature_cache.as_head_input(
+        feature_cache.pooled_features(model, variables, x, batch=feature_batch)))
+    t2 = time.perf_counter()
+    state, tx, label_tree = state_lib.create_train_state(c, model, 4, jax.random.key(seed), 1, variables=variables)
+    step = jax.jit(functools.partial(steps.train_step, model=feature_cache.HeadOnly(model.head), tx=tx,
+                                     label_tree=label_tree, inputs="features"), donate_argnums=0)
+    state, y, rng = jax.device_put(state), jax.device_put(y.astype(np.int32)), jax.random.key(seed)
+    for idx in feature_cache.batch_order(len(y), batch, epochs, seed):
+        state, metrics = step(state, {"image": feats[idx], "label": y[idx]}, rng)
+    jax.block_until_ready(state)
+    t3 = time.perf_counter()
+    return {"num_inputs": int(len(y)),
+            "seconds": {"degraded_copies": t1 - t0, "features": t2 - t1, "head_training": t3 - t2, "total": t3 - t0}}
+
+
 def seed_protocol_end_to_end(n_images: int, size: int, epochs: int, batch: int, with_keras: bool) -> dict:
     """The seed protocol measured end to end on the phantom, both frameworks on the same
     inputs: n_images slices + one fixed degraded copy each, frozen VGG16 + the seed's head,
     Adam 1e-3, batch 32, `epochs` epochs. brainjax: degraded copies + pooled features once +
-    head training on the cache (`feature_cache.fit_head`, compilation included). Keras: its
+    head training on the cache (`fit_head_cached`, compilation included). Keras: its
     default `model.fit` on the same float RGB arrays (graph building included; the degraded
     copies are given to it for free)."""
-    from brainjax import feature_cache
-
     images, labels = seed_protocol_inputs_phantom(n_images, size)
     model = models.create_model({"backbone": "vgg16", "head": "enhanced", "head_hidden": (1024, 512),
                                  "dropout": 0.5}, 4)
     variables = models.init_variables(model, jax.random.key(0), (size, size, 1))
-    fit = feature_cache.fit_head(model, variables, images, labels, epochs=epochs, batch=batch)
+    fit = fit_head_cached(model, variables, images, labels, epochs=epochs, batch=batch)
     out = {"images": n_images, "inputs_per_epoch": fit["num_inputs"], "epochs": epochs, "image_size": size,
            "brainjax_cached_seconds": fit["seconds"]["total"], "brainjax_phases_seconds": fit["seconds"]}
     if with_keras:
@@ -261,6 +329,15 @@ def main(argv=None) -> dict:
                                                            with_keras=not args.no_keras)
         result["seed_protocol_speedup_vs_keras"] = result["seed_protocol"].get("speedup_vs_keras")
     result["pipeline_img_s"] = pipeline_rate(64 if not args.gpu else 224, args.batch, args.data_dir)
+    if not args.gpu:
+        vgg = next(k for k in rows if k.startswith("vgg16"))
+        loop = loop_rates(rows[vgg]["frozen_img_s"], int(vgg.split("@")[1]), args.batch, args.data_dir)
+        if loop:
+            result.update(loop)
+            print(f"loop: {loop['loop_img_s']:.1f} img/s vs bare step {rows[vgg]['frozen_img_s']:.1f} -> "
+                  f"loop_efficiency {loop['loop_efficiency']:.3f}; checkpoints every 10 steps cost "
+                  f"{loop['checkpoint_overhead_percent_every_10_steps']:.1f}% of the default config's "
+                  "training rate", flush=True)
     result["peak_host_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)

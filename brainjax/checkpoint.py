@@ -1,69 +1,97 @@
-"""Orbax checkpoints: resume from the latest, keep the best.
+"""Orbax checkpoints: one manager, one atomic step directory holding everything.
 
-Two `CheckpointManager`s under the workdir:
-  checkpoints/  every epoch's full state + loop state (JSON), newest 2 kept: resume point.
-  best/         the state with the lowest validation loss: restore-best and evaluation.
-A single manager with `best_fn` would delete the newest checkpoint whenever it is not the
-best, and resuming would silently go back in time; two managers keep both guarantees.
-Checkpoints are written only after an epoch's loss was checked finite, so a NaN never
-overwrites the last good state.
+<workdir>/checkpoints/<step>/ holds three items, committed together by orbax's atomic
+rename (a half-written step is a temporary directory that is never restored):
+  state  the full TrainState (params, batch_stats, optimizer state, step, lr_scale)
+  best   {params, batch_stats} of the epoch with the lowest validation loss so far
+  loop   JSON: epoch, position in the epoch, plateau / early-stopping counters, the
+         running training totals of the current epoch
+Keeping the best model inside every step directory makes "latest" and "best" one fact:
+no crash point can leave them naming different epochs (two managers saved one after the
+other could). Saves are asynchronous: the caller hands over host arrays (the only
+device-to-host copy) and orbax writes in the background. Inference restores `best` alone,
+so it works whatever optimizer or trainable set the run was trained with.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+log = logging.getLogger("brainjax")
+
+
+def _abstract(tree: Any) -> Any:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
 
 class Checkpoints:
+    """Step-level checkpoints of one run (every process takes part in every call)."""
+
     def __init__(self, workdir: str, keep: int = 2):
-        workdir = os.path.abspath(workdir)
-        self.latest = ocp.CheckpointManager(
-            os.path.join(workdir, "checkpoints"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
-        self.best = ocp.CheckpointManager(
-            os.path.join(workdir, "best"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True, best_fn=lambda m: m["val_loss"],
-                                                 best_mode="min"))
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True))
 
-    @staticmethod
-    def _save(manager, epoch: int, state: Any, loop: dict, metrics: dict | None = None) -> None:
-        manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    loop=ocp.args.JsonSave(loop)), metrics=metrics)
+    def save(self, step: int, state: Any, best: Any, loop: dict) -> None:
+        """Starts an asynchronous save of host pytrees `state` and `best` (model
+        variables) and JSON `loop` at `step`; returns once orbax owns the data."""
+        saved = self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best), loop=ocp.args.JsonSave(loop)),
+            force=True)
+        if not saved:
+            raise RuntimeError(f"orbax did not save step {step} in {self.directory} "
+                               f"(existing steps {self.manager.all_steps()})")
 
-    def save(self, epoch: int, state: Any, loop: dict, *, val_loss: float, is_best: bool) -> None:
-        """Saves host (unreplicated) `state` and JSON `loop` state after `epoch`."""
-        self._save(self.latest, epoch, state, loop)
-        if is_best:
-            self._save(self.best, epoch, state, loop, metrics={"val_loss": float(val_loss)})
-        self.wait()
+    def _restore_newest(self, args_for_step) -> tuple[int, Any] | None:
+        """Restores the newest readable step; an unreadable (corrupted, truncated) newest
+        step is reported, removed (so later saves are not skipped as 'older') and the
+        previous one used."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                return step, self.manager.restore(step, args=args_for_step(step))
+            except Exception as err:  # noqa: BLE001  (orbax raises many types on bad files)
+                path = os.path.join(self.directory, str(step))
+                log.warning("checkpoint %s is unreadable (%s: %s); removing it and using the previous step",
+                            path, type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
+                if jax.process_index() == 0:
+                    shutil.rmtree(path, ignore_errors=True)
+                self.manager.reload()
+        return None
 
-    @staticmethod
-    def _restore(manager, step: int, target: Any) -> tuple[Any, dict]:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                           loop=ocp.args.JsonRestore()))
-        return out["state"], dict(out["loop"])
+    def restore(self, state_template: Any, best_template: Any) -> tuple[Any, Any, dict] | None:
+        """(state, best, loop) of the newest readable step, or None without checkpoints."""
+        out = self._restore_newest(lambda step: ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(state_template)),
+            best=ocp.args.StandardRestore(_abstract(best_template)), loop=ocp.args.JsonRestore()))
+        if out is None:
+            return None
+        return out[1]["state"], out[1]["best"], dict(out[1]["loop"])
 
-    def restore_latest(self, target: Any) -> tuple[Any, dict] | None:
-        step = self.latest.latest_step()
-        return None if step is None else self._restore(self.latest, step, target)
-
-    def restore_best(self, target: Any) -> tuple[Any, dict] | None:
-        step = self.best.best_step()
-        return None if step is None else self._restore(self.best, step, target)
+    def restore_best(self, best_template: Any) -> tuple[Any, dict] | None:
+        """(best model variables, loop) of the newest readable step: params and
+        batch_stats only, no optimizer state."""
+        out = self._restore_newest(lambda step: ocp.args.Composite(
+            best=ocp.args.StandardRestore(_abstract(best_template)), loop=ocp.args.JsonRestore()))
+        if out is None:
+            return None
+        return out[1]["best"], dict(out[1]["loop"])
 
     @property
-    def latest_epoch(self) -> int | None:
-        return self.latest.latest_step()
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.latest.close()
-        self.best.close()
+        self.manager.close()

@@ -10,22 +10,23 @@ import jax
 import ml_collections
 import numpy as np
 
+from brainjax import evaluators, inference, loop, parallel, report, steps, train
 from brainjax.errors import UserError
 
 log = logging.getLogger("brainjax")
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Re-evaluates the best checkpoint of `workdir` on the test split."""
-    from brainjax import evaluate, parallel, train
-    from brainjax.data.pipeline import InputPipeline
-
-    pipeline = InputPipeline(config, num_local_devices=jax.local_device_count(),
-                             process_index=jax.process_index(), process_count=jax.process_count())
-    model, state = train.restore_for_inference(config, workdir, pipeline.num_classes)
-    eval_fns = train.make_eval_fns(model, tuple(config.eval.corruptions), bool(config.eval.get("seed_protocol_split")))
+    """Re-evaluates the best checkpoint of `workdir` on the test split (every process
+    takes its share; process 0 writes report.json)."""
+    pipeline = train.input_pipeline(config)
+    model, variables = inference.restore_for_inference(config, workdir, pipeline.num_classes)
+    eval_fns = evaluators.make_eval_fns(model, tuple(config.eval.corruptions),
+                                        bool(config.eval.get("seed_protocol_split")))
     eval_rng = jax.random.split(jax.random.key(config.seed), 3)[2]
-    return evaluate.evaluate(config, eval_fns, parallel.replicate(state), pipeline, workdir, eval_rng)
+    result = evaluators.evaluate(config, eval_fns, parallel.replicate(variables), pipeline, eval_rng)
+    report.write_report(result, workdir)
+    return result
 
 
 def _load_images(paths: Sequence[str], size: int) -> tuple[list, list, int]:
@@ -48,16 +49,14 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequen
     """Prints class probabilities per file; unreadable files get an error line. Returns
     the number of files that could not be predicted."""
     import brainjax.data
-    from brainjax import train
 
     if not paths:
         raise UserError("--mode=predict needs --images=a.jpg,b.png")
     class_names = list(brainjax.data.CLASS_NAMES)
-    model, state = train.restore_for_inference(config, workdir, len(class_names))
+    model, variables = inference.restore_for_inference(config, workdir, len(class_names))
     images, good, failures = _load_images(paths, config.image_size)
     if images:
-        variables = train.model_variables(state.params, state.batch_stats)
-        batch = train.to_float_images(np.stack(images))
+        batch = steps.to_float_images(np.stack(images))
         probs = np.asarray(jax.nn.softmax(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, batch)))
         for path, p in zip(good, probs):
             ranked = "  ".join(f"{class_names[i]} {p[i]:.3f}" for i in np.argsort(-p))
@@ -69,22 +68,19 @@ def gallery_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequen
     """Writes <workdir>/gallery[_N].png: every corruption x severity on each image."""
     import os
 
-    from brainjax import evaluate
-
     if not paths:
         raise UserError("--mode=gallery needs --images=x.jpg")
     os.makedirs(workdir, exist_ok=True)
     images, good, failures = _load_images(paths, config.image_size)
     for i, (path, image) in enumerate(zip(good, images)):
         out = os.path.join(workdir, "gallery.png" if i == 0 else f"gallery_{i}.png")
-        evaluate.gallery(image.astype(np.float32) / 255.0, out)
+        report.gallery(image.astype(np.float32) / 255.0, out)
         print(f"{path}: wrote {out}")
     return failures
 
 
 def main(config: ml_collections.ConfigDict, workdir: str, mode: str, images: Sequence[str] = ()) -> int:
-    from brainjax import train
-
+    """Runs one mode; returns the process exit code (0 also after a clean preemption)."""
     try:
         if mode == "train":
             train.train_and_evaluate(config, workdir)
@@ -96,6 +92,8 @@ def main(config: ml_collections.ConfigDict, workdir: str, mode: str, images: Seq
             return 1 if gallery_files(config, workdir, images) else 0
         else:
             raise UserError(f"unknown mode {mode!r}")
+    except loop.Preempted:
+        return 0
     except (UserError, FloatingPointError, FileNotFoundError) as err:
         print(f"brainjax: error: {err}", file=sys.stderr)
         return 1

@@ -52,6 +52,11 @@ def get_config() -> ml_collections.ConfigDict:
                                                 min_lr=1e-5, warmup_epochs=0))
     c.early_stopping = ml_collections.ConfigDict(dict(enabled=True, patience=8, min_delta=1e-4))
     c.log_every_steps = 10
+    # Step-level checkpoints (async; every epoch end is saved too): at most this many
+    # steps / seconds of work are lost to a kill -9. SIGTERM/SIGINT save at the current
+    # step. 0 disables a trigger. 10 min suits a long GPU run; CPU demo epochs are short.
+    c.checkpoint_every_steps = 0
+    c.checkpoint_every_seconds = 600.0
 
     # Feature cache (frozen base + fixed inputs only): the base's pooled features are
     # computed once and the head trains on them; fixed_degraded_copy adds one fixed

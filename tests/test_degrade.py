@@ -190,22 +190,22 @@ def test_training_recipes_over_the_full_suite(recipe):
 
 
 def test_gallery_png(tmp_path):
-    from brainjax import evaluate
+    from brainjax import report
 
     x = np.asarray(_images(1)[0])
     out = tmp_path / "g.png"
-    evaluate.gallery(x, str(out))
+    report.gallery(x, str(out))
     assert out.stat().st_size > 20_000
 
 
 def test_mce_against_reference():
-    from brainjax import evaluate
+    from brainjax import evaluators
 
     mk = lambda acc: {"accuracy": acc}
     clean, ref_clean = {"accuracy": 0.9, "macro_f1": 0.9}, {"accuracy": 0.9}
     degraded = {"gaussian_noise": {"1": mk(0.8), "2": mk(0.6)}}
     reference = {"clean": ref_clean, "degraded": {"gaussian_noise": {"1": mk(0.6), "2": mk(0.2)}}}
-    s = evaluate.summarize(clean, degraded, reference)
+    s = evaluators.summarize(clean, degraded, reference)
     assert s["corruption_error"]["gaussian_noise"] == pytest.approx((0.2 + 0.4) / (0.4 + 0.8))
     assert s["mCE"] == pytest.approx(0.5)
     assert s["relative_mCE"] == pytest.approx((0.6 - 0.2) / (1.2 - 0.2))

@@ -10,20 +10,24 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from brainjax import checkpoint, models, train
+from brainjax import checkpoint, inference, models, train
+from brainjax import state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _params(workdir, config, which="latest"):
+    """Flattened params of the newest checkpoint ('latest': the training state, 'best':
+    the best model kept in it) and the loop's progress."""
     model = models.create_model(config.model, 4)
-    template, _, _ = train.create_train_state(config, model, 4, jax.random.key(0), 1)
+    template, _, _ = state_lib.create_train_state(config, model, 4, jax.random.key(0), 1)
     ckpt = checkpoint.Checkpoints(workdir)
     try:
-        state, loop = (ckpt.restore_latest if which == "latest" else ckpt.restore_best)(template)
+        state, best, loop = ckpt.restore(template, {"params": template.params, "batch_stats": template.batch_stats})
     finally:
         ckpt.close()
-    return traverse_util.flatten_dict(jax.device_get(state.params)), loop
+    params = state.params if which == "latest" else best["params"]
+    return traverse_util.flatten_dict(jax.device_get(params)), loop
 
 
 def test_interrupted_run_resumes_to_the_same_model(smoke_config, tmp_path):

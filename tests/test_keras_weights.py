@@ -14,6 +14,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from brainjax.errors import UserError  # noqa: E402
+from brainjax import models  # noqa: E402
 from brainjax.models import keras_weights  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +73,7 @@ def _compare(arch, model, variables, module, shape, seed=0):
 @pytest.mark.parametrize("shape", [(224, 224), (193, 161)])
 def test_parity_with_keras_legacy_h5(saved, arch, shape):
     model, path = saved[arch]
-    module, variables = keras_weights.pretrained(arch, path)
+    module, variables = models.pretrained(arch, path)
     assert _compare(arch, model, variables, module, shape) <= 1e-4
 
 
@@ -93,7 +94,7 @@ def test_published_vgg16_layout_with_old_weight_names(saved, tmp_path):
             g.attrs["weight_names"] = np.array([w.encode() for w in wnames])
             for w, arr in zip(wnames, ws):
                 g.create_dataset(w, data=arr)
-    module, variables = keras_weights.pretrained("vgg16", str(path))
+    module, variables = models.pretrained("vgg16", str(path))
     assert _compare("vgg16", model, variables, module, (64, 64)) <= 1e-4
 
 
@@ -101,23 +102,23 @@ def test_keras3_weights_h5_and_keras_files(saved, tmp_path):
     model, _ = saved["resnet50v2"]
     w3 = str(tmp_path / "rn.weights.h5")
     model.save_weights(w3)
-    module, variables = keras_weights.pretrained("resnet50v2", w3)
+    module, variables = models.pretrained("resnet50v2", w3)
     assert _compare("resnet50v2", model, variables, module, (96, 80)) <= 1e-4
     k3 = str(tmp_path / "rn.keras")
     model.save(k3)
-    module, variables = keras_weights.pretrained("resnet50v2", k3)
+    module, variables = models.pretrained("resnet50v2", k3)
     assert _compare("resnet50v2", model, variables, module, (96, 80)) <= 1e-4
 
 
 def test_wrong_architecture_names_layer_file_and_shapes(saved):
     _, vgg19_path = saved["vgg19"]
     with pytest.raises(UserError) as err:
-        keras_weights.pretrained("vgg16", vgg19_path)
+        models.pretrained("vgg16", vgg19_path)
     msg = str(err.value)
     assert vgg19_path in msg and "block5_conv4" in msg  # extra layer named
     _, rn_path = saved["resnet50v2"]
     with pytest.raises(UserError, match="missing from the file"):
-        keras_weights.pretrained("vgg16", rn_path)
+        models.pretrained("vgg16", rn_path)
 
 
 def test_shape_mismatch_message(saved, tmp_path):
@@ -129,7 +130,7 @@ def test_shape_mismatch_message(saved, tmp_path):
         del g[name]
         g.create_dataset(name, data=np.zeros((3, 3, 256, 128), np.float32))
     with pytest.raises(UserError, match=r"block3_conv2 \(kernel\): file shape \(3, 3, 256, 128\), model shape \(3, 3, 256, 256\)"):
-        keras_weights.pretrained("vgg16", path)
+        models.pretrained("vgg16", path)
 
 
 def test_truncated_file_is_clear(saved, tmp_path):
@@ -137,7 +138,7 @@ def test_truncated_file_is_clear(saved, tmp_path):
     cut = tmp_path / "truncated.h5"
     cut.write_bytes(open(path, "rb").read()[:100_000])
     with pytest.raises(UserError, match="truncated"):
-        keras_weights.pretrained("vgg16", str(cut))
+        models.pretrained("vgg16", str(cut))
 
 
 def test_official_name_is_md5_verified(saved, tmp_path):
@@ -176,7 +177,8 @@ def test_frozen_transfer_through_launch(saved, tmp_path, data_dir):
     """A loaded, frozen VGG16 base + enhanced head trains through launch.py; base unchanged."""
     from flax import traverse_util
 
-    from brainjax import checkpoint, models, train
+    from brainjax import checkpoint, models
+    from brainjax import state as state_lib
     from configs import smoke
 
     model_k, path = saved["vgg16"]
@@ -192,9 +194,9 @@ def test_frozen_transfer_through_launch(saved, tmp_path, data_dir):
     config.model.head_hidden = (64, 32)
     config.trainable = ("^head/",)
     model = models.create_model(config.model, 4)
-    template, _, _ = train.create_train_state(config, model, 4, jax.random.key(0), 1)
+    template, _, _ = state_lib.create_train_state(config, model, 4, jax.random.key(0), 1)
     ckpt = checkpoint.Checkpoints(str(workdir))
-    state, loop = ckpt.restore_latest(template)
+    state, _, loop = ckpt.restore(template, {"params": template.params, "batch_stats": template.batch_stats})
     ckpt.close()
     assert int(state.step) > 0
     base = traverse_util.flatten_dict(jax.device_get(state.params)["backbone"])

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from brainjax import models, parallel, partition, train
+from brainjax import loop as loop_lib
+from brainjax import models, parallel, partition, steps
+from brainjax import state as state_lib
 from configs import smoke
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,8 +26,8 @@ def _setup(trainable=(".*",), tiny=None, head="baseline", size=32, degrade_cfg=N
         config.model.tiny = tiny
     config.trainable = trainable
     model = models.create_model(config.model, 4)
-    state, tx, labels = train.create_train_state(config, model, 4, jax.random.key(0), steps_per_epoch=10)
-    step = functools.partial(train.train_step, model=model, tx=tx, label_tree=labels,
+    state, tx, labels = state_lib.create_train_state(config, model, 4, jax.random.key(0), steps_per_epoch=10)
+    step = functools.partial(steps.train_step, model=model, tx=tx, label_tree=labels,
                              degrade_cfg=degrade_cfg if degrade_cfg is not None else {"recipe": "none"})
     return config, model, state, step, labels
 
@@ -55,12 +57,12 @@ def test_frozen_base_step_costs_about_one_forward(backbone):
 
     def step_flops(trainable):
         config.trainable = trainable
-        state, tx, labels = train.create_train_state(config, model, 4, jax.random.key(0), 10)
-        step = functools.partial(train.train_step, model=model, tx=tx, label_tree=labels, degrade_cfg={})
+        state, tx, labels = state_lib.create_train_state(config, model, 4, jax.random.key(0), 10)
+        step = functools.partial(steps.train_step, model=model, tx=tx, label_tree=labels, degrade_cfg={})
         return state, _flops(lambda s, b: step(s, b, jax.random.key(0)), state, batch)
 
     state, frozen = step_flops(("^head/",))
-    forward = _flops(lambda s, b: model.apply({"params": s.params}, train.to_float_images(b["image"])), state, batch)
+    forward = _flops(lambda s, b: model.apply({"params": s.params}, steps.to_float_images(b["image"])), state, batch)
     _, full = step_flops((".*",))
     assert frozen / forward < 1.2, (frozen, forward)
     assert full / forward > 2.0, (full, forward)
@@ -177,8 +179,8 @@ def test_bfloat16_compute_keeps_float32_params():
     config = smoke.get_config()
     config.model.dtype = "bfloat16"
     model = models.create_model(config.model, 4)
-    state, tx, labels = train.create_train_state(config, model, 4, jax.random.key(0), 10)
-    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, label_tree=labels, degrade_cfg={}))
+    state, tx, labels = state_lib.create_train_state(config, model, 4, jax.random.key(0), 10)
+    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, label_tree=labels, degrade_cfg={}))
     new, m = step(state, _batch(8), jax.random.key(0))
     assert np.isfinite(float(m["loss_sum"]))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new.params))
@@ -190,11 +192,11 @@ def test_reduce_on_plateau_and_early_stopping_follow_keras_semantics():
     config.schedule.update(name="plateau", patience=2, factor=0.5, min_delta=0.0, min_lr=1e-4)
     config.early_stopping.update(enabled=True, patience=3, min_delta=0.0)
     config.optimizer.learning_rate = 1e-3
-    loop = train._new_loop_state()
+    loop = loop_lib.new_progress()
     scales, stops = [], []
     for epoch, val in enumerate([1.0, 0.9, 0.95, 0.95, 0.95, 0.8]):
         loop["epoch"] = epoch
-        train._Plateau.update(loop, val, config)
+        loop_lib.Plateau.update(loop, val, config)
         scales.append(loop["lr_scale"])
         stops.append(loop["stop"])
     # two epochs without improvement -> halve; third bad epoch -> stop
@@ -209,8 +211,8 @@ def test_cosine_schedule_and_label_smoothing_train():
     config.schedule.warmup_epochs = 1
     config.optimizer.label_smoothing = 0.1
     model = models.create_model(config.model, 4)
-    state, tx, labels = train.create_train_state(config, model, 4, jax.random.key(0), steps_per_epoch=5)
-    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, label_tree=labels, degrade_cfg={},
+    state, tx, labels = state_lib.create_train_state(config, model, 4, jax.random.key(0), steps_per_epoch=5)
+    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, label_tree=labels, degrade_cfg={},
                                      label_smoothing=0.1))
     first, _ = step(state, _batch(8), jax.random.key(0))  # warm-up starts at lr 0: no change
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(jax.device_get(first.params))):
@@ -240,7 +242,7 @@ def test_importing_brainjax_leaves_xla_flags_settable():
     import subprocess
     import sys
 
-    code = ("import os; import brainjax.benchmark, brainjax.train, brainjax.feature_cache, brainjax.evaluate, "
+    code = ("import os; import brainjax.benchmark, brainjax.train, brainjax.feature_cache, brainjax.evaluators, brainjax.report, brainjax.loop, "
             "brainjax.run; os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=3'; "
             "import jax; print(len(jax.devices()))")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

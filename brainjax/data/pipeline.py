@@ -1,13 +1,20 @@
 """tf.data input pipeline (big_vision / scenic order).
 
-  per-process split (tfds.split_for_jax_process)
-  -> decode (tfds) -> grayscale -> resize to config.image_size -> uint8 [H, W, 1]
+  decode (tfds) -> grayscale -> resize to config.image_size -> uint8 [H, W, 1]
   -> cache (decoded, resized, uint8: ~H*W bytes per example)
-  -> train: shuffle per epoch (seeded by (seed, epoch), so a resumed run sees the same
-     order) -> batch(drop_remainder) -> [local_devices, per_device_batch, H, W, 1]
-  -> eval: batch -> pad the last batch with mask=0 -> same layout; every example of the
-     split is seen exactly once, whatever the batch size or the number of processes
+  -> train: shuffle per epoch (seeded by (seed, epoch), the same on every process)
+     -> batch(global batch, drop_remainder) -> skip the batches a resumed run already
+     took -> this process's slice of each global batch
+     -> [local_devices, per_device_batch, H, W, 1]
+  -> eval: per-process split (tfds.split_for_jax_process) -> batch -> pad the last
+     batch with mask=0 -> same layout; every example of the split is seen exactly once,
+     whatever the batch size or the number of processes
   -> prefetch.
+
+Training batches are global batches cut into per-process slices (each process caches
+the whole training split), so P processes x D devices see exactly the examples, order
+and per-example keys of 1 process x P*D devices: the model does not depend on the
+layout. Evaluation reads only this process's share and gathers outputs afterwards.
 
 The host ships uint8 one-channel images; float conversion, degradation, channel
 replication and backbone preprocessing run on device.
@@ -82,6 +89,12 @@ def _prepared_builder(name: str, data_dir: str | None, manual_dir: str | None):
     return builder
 
 
+def prepare_dataset(config: Mapping[str, Any]) -> None:
+    """Builds the configured tfds dataset if it is not built yet (run by process 0 first;
+    see `brainjax.parallel.process_zero_first`)."""
+    _prepared_builder(config.dataset, config.get("data_dir"), config.get("manual_dir"))
+
+
 class InputPipeline:
     """Train/eval iterators over one tfds dataset, sharded over processes and devices."""
 
@@ -108,22 +121,25 @@ class InputPipeline:
     def num_examples(self, split: str) -> int:
         return int(self.builder.info.splits[split].num_examples)
 
-    def _cached(self, split: str) -> tf.data.Dataset:
-        """This process's share of `split`, decoded and resized, cached in memory."""
-        if split not in self._cache:
-            local = tfds.split_for_jax_process(split, process_index=self.process_index,
-                                               process_count=self.process_count, drop_remainder=False)
+    def _cached(self, split: str, whole: bool = False) -> tf.data.Dataset:
+        """This process's share of `split` (all of it with `whole`), decoded and resized,
+        cached in memory."""
+        whole = whole or self.process_count == 1
+        key = (split, whole)
+        if key not in self._cache:
+            local = split if whole else tfds.split_for_jax_process(
+                split, process_index=self.process_index, process_count=self.process_count, drop_remainder=False)
             ds = self.builder.as_dataset(split=local, shuffle_files=False,
                                          read_config=tfds.ReadConfig(add_tfds_id=False))
             ds = ds.enumerate()  # position within this process's share
-            base = self._process_offset(split)
+            base = 0 if whole else self._process_offset(split)
             size = self.size
             ds = ds.map(lambda i, ex: {"image": to_gray_resized(ex["image"], size),
                                        "label": tf.cast(ex["label"], tf.int32),
                                        "index": tf.cast(i, tf.int32) + base},
                         num_parallel_calls=tf.data.AUTOTUNE)
-            self._cache[split] = ds.cache()
-        return self._cache[split]
+            self._cache[key] = ds.cache()
+        return self._cache[key]
 
     def _process_offset(self, split: str) -> int:
         """Global index of this process's first example (even_splits, no drop)."""
@@ -131,9 +147,8 @@ class InputPipeline:
         return sum(n // k + (1 if p < n % k else 0) for p in range(self.process_index))
 
     def steps_per_epoch(self, split: str) -> int:
-        """Same on every process: floor(min per-process share / local batch)."""
-        per_process = self.num_examples(split) // self.process_count
-        steps = per_process // (self.global_batch // self.process_count)
+        """Global batches per epoch (drop_remainder), the same on every process."""
+        steps = self.num_examples(split) // self.global_batch
         if steps == 0:
             raise UserError(f"split {split!r} has {self.num_examples(split)} examples, fewer than one "
                              f"global batch of {self.global_batch}; lower config.batch_size")
@@ -143,13 +158,17 @@ class InputPipeline:
         d = self.num_local_devices
         return {k: tf.reshape(v, [d, -1, *v.shape[1:]]) for k, v in batch.items()}
 
-    def train_epoch(self, split: str, epoch: int, seed: int) -> Iterator[Batch]:
-        """One epoch of shuffled training batches, [devices, per_device, ...]."""
+    def train_epoch(self, split: str, epoch: int, seed: int, start_step: int = 0) -> Iterator[Batch]:
+        """This process's part of one epoch of shuffled global training batches,
+        [devices, per_device, ...], from the `start_step`-th batch on (exact resume)."""
         local_batch = self.global_batch // self.process_count
-        ds = self._cached(split)
+        lo = self.process_index * local_batch
+        ds = self._cached(split, whole=True)
         buffer = min(int(self.config.get("shuffle_buffer", 50_000)), self.num_examples(split))
         ds = ds.shuffle(buffer, seed=seed * 100_003 + epoch, reshuffle_each_iteration=False)
-        ds = ds.batch(local_batch, drop_remainder=True).take(self.steps_per_epoch(split))
+        ds = ds.batch(self.global_batch, drop_remainder=True).take(self.steps_per_epoch(split)).skip(start_step)
+        if self.process_count > 1:
+            ds = ds.map(lambda b: {k: v[lo:lo + local_batch] for k, v in b.items()})
         ds = ds.map(self._device_layout).prefetch(int(self.config.get("prefetch", 2)))
         return tfds.as_numpy(ds)
 

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from brainjax.models.classifier import Classifier
+from brainjax.models import keras_weights
 from brainjax.models.heads import ClassifierHead, make_head
 from brainjax.models.resnet_v2 import ResNetV2, resnet50v2
 from brainjax.models.tiny import TinyCNN
@@ -30,17 +31,39 @@ def make_backbone(name: str, dtype: Any = jnp.float32, **kwargs) -> nn.Module:
     return BACKBONES[name](dtype=dtype, **kwargs)
 
 
-def create_model(model_cfg: Mapping[str, Any], num_classes: int) -> Classifier:
-    """Builds the classifier described by a config's `model` section."""
+# Backbones with BatchNorm: their batch statistics can be synchronised over a device axis.
+BATCHNORM_BACKBONES = ("tiny", "resnet50v2")
+
+
+def create_model(model_cfg: Mapping[str, Any], num_classes: int, *, bn_axis_name: str | None = None,
+                 frozen_base: bool = False) -> Classifier:
+    """Builds the classifier described by a config's `model` section.
+
+    bn_axis_name: the pmap axis of the train step, so BatchNorm in training normalises
+    with (and updates) statistics over the whole global batch, whatever the device split.
+    frozen_base: the base trains no parameter, so its BatchNorm runs in inference mode and
+    its statistics never change (Keras semantics for a frozen base), whatever
+    model.base_batchnorm_train says. Parameters are the same for every choice."""
     dtype = jnp.dtype(model_cfg.get("dtype", "float32"))
     # Per-backbone options live under the backbone's name (e.g. config.model.tiny.widths).
     backbone_options = dict(model_cfg.get(model_cfg["backbone"], None) or {})
+    if bn_axis_name is not None and model_cfg["backbone"] in BATCHNORM_BACKBONES:
+        backbone_options["bn_axis_name"] = bn_axis_name
     return Classifier(
         backbone=make_backbone(model_cfg["backbone"], dtype=dtype, **backbone_options),
         head=make_head(model_cfg["head"], num_classes, model_cfg.get("head_hidden", (1024, 512)),
                        model_cfg.get("dropout", 0.5)),
-        base_batchnorm_train=bool(model_cfg.get("base_batchnorm_train", False)),
+        base_batchnorm_train=bool(model_cfg.get("base_batchnorm_train", False)) and not frozen_base,
     )
+
+
+def pretrained(arch: str, weights: str = "imagenet", weights_dir: str | None = None) -> tuple[nn.Module, dict]:
+    """(backbone module, variables) with the published Keras weights: `module.apply(
+    variables, rgb_0_255, train=False)` returns what Keras `include_top=False` returns on
+    `preprocess_input(rgb)`. `weights`: 'imagenet' (looked up in `weights_dir`,
+    $BRAINJAX_WEIGHTS_DIR, ~/.keras/models, then downloaded) or a file path."""
+    module = make_backbone(arch)
+    return module, keras_weights.backbone_variables(module, arch, weights, weights_dir)
 
 
 def init_variables(model: nn.Module, rng: jax.Array, image_shape: tuple[int, int, int]) -> dict:
@@ -51,5 +74,5 @@ def init_variables(model: nn.Module, rng: jax.Array, image_shape: tuple[int, int
 
 __all__ = [
     "BACKBONES", "Classifier", "ClassifierHead", "ResNetV2", "TinyCNN", "VGG",
-    "create_model", "init_variables", "make_backbone", "make_head", "resnet50v2", "vgg16", "vgg19",
+    "create_model", "init_variables", "make_backbone", "make_head", "pretrained", "resnet50v2", "vgg16", "vgg19",
 ]

@@ -7,7 +7,7 @@
                                  fails with one message naming the layer, the file and both shapes
   locate(arch, weights, dir)  -> a verified file for 'imagenet' (weights dir, Keras cache, then
                                  the official URL with its md5, like keras.utils.get_file)
-  pretrained(arch, weights)   -> (backbone module, variables)
+  backbone_variables(module, arch, weights) -> variables of a backbone (brainjax.models.pretrained)
 
 Weight order per Keras layer type: Conv2D [kernel, bias?]; BatchNormalization [gamma,
 beta, moving_mean, moving_variance]. The names inside the file are not used: the
@@ -279,16 +279,14 @@ def load_into(arch: str, weights: str, variables: Mapping[str, Any], weights_dir
     return out
 
 
-def pretrained(arch: str, weights: str = "imagenet", weights_dir: str | None = None):
-    """(backbone module, variables) with Keras weights; `module.apply(variables, rgb_0_255,
-    train=False)` returns what Keras `include_top=False` returns on `preprocess_input(rgb)`."""
+def backbone_variables(module: Any, arch: str, weights: str = "imagenet", weights_dir: str | None = None) -> dict:
+    """Variables of backbone `module` (architecture `arch`) filled from a Keras weight
+    file; every key and shape checked (`merge`). `brainjax.models.pretrained` builds the
+    module and calls this."""
     import jax
     import jax.numpy as jnp
 
-    from brainjax.models import make_backbone
-
-    module = make_backbone(arch)
     shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
     template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), dict(shapes))
     path = locate(arch, weights, weights_dir)
-    return module, merge(template, read_keras_weights(path, keras_layer_order(template)), path)
+    return merge(template, read_keras_weights(path, keras_layer_order(template)), path)

@@ -34,11 +34,13 @@ class PreactBottleneck(nn.Module):
     stride: int = 1
     conv_shortcut: bool = False
     dtype: jnp.dtype = jnp.float32
+    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                                       epsilon=BN_EPSILON, dtype=self.dtype, name=name)
+                                       epsilon=BN_EPSILON, dtype=self.dtype, axis_name=self.bn_axis_name,
+                                       name=name)
         preact = nn.relu(bn("preact_bn")(x))
         if self.conv_shortcut:
             shortcut = nn.Conv(4 * self.filters, (1, 1), strides=self.stride, dtype=self.dtype, name="0_conv")(preact)
@@ -60,6 +62,7 @@ class ResNetV2(nn.Module):
 
     blocks_per_stack: Sequence[int]
     dtype: jnp.dtype = jnp.float32
+    bn_axis_name: str | None = None  # pmap axis: batch statistics over all devices in training
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -75,10 +78,11 @@ class ResNetV2(nn.Module):
                     stride=last_stride if block == blocks else 1,
                     conv_shortcut=block == 1,
                     dtype=self.dtype,
+                    bn_axis_name=self.bn_axis_name,
                     name=f"conv{stack}_block{block}",
                 )(x, train)
         x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                         dtype=self.dtype, name="post_bn")(x)
+                         dtype=self.dtype, axis_name=self.bn_axis_name, name="post_bn")(x)
         return nn.relu(x)
 
 

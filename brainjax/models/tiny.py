@@ -18,6 +18,7 @@ class TinyCNN(nn.Module):
     convs_per_block: int = 2
     batchnorm: bool = False  # BatchNorm after each conv (set model.base_batchnorm_train to train it)
     dtype: jnp.dtype = jnp.float32
+    bn_axis_name: str | None = None  # pmap axis: batch statistics over all devices in training
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -27,7 +28,8 @@ class TinyCNN(nn.Module):
                 name = f"block{block}_conv{conv}"
                 x = nn.Conv(width, (3, 3), padding="SAME", use_bias=not self.batchnorm, dtype=self.dtype, name=name)(x)
                 if self.batchnorm:
-                    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, name=f"{name}_bn")(x)
+                    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                                     axis_name=self.bn_axis_name, name=f"{name}_bn")(x)
                 x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
         return x

@@ -1,0 +1,61 @@
+"""Whole-split predictions: compiled eval steps and every example of a split exactly
+once, across all devices and all processes.
+
+Each process runs its share of the split (padded batches with a mask, the same number of
+batches on every process), then the padded outputs are gathered from all processes, the
+padding dropped and the rows put in split order (by the example's global index). Every
+process therefore holds the same full-split predictions, computes the same validation
+loss and makes the same plateau / early-stopping / best decisions; metrics and bootstrap
+intervals do not depend on the process or device layout.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import numpy as np
+
+from brainjax import degrade, parallel, steps
+
+
+def make_eval_fns(model: Any, corruptions: tuple[str, ...] = (), seed_protocol: bool = False) -> dict[str | None, Callable]:
+    """pmapped eval steps: None -> clean, name -> under that corruption (+ the seed chain)."""
+    names = (None, *corruptions, *((degrade.SEED_CHAIN,) if seed_protocol else ()))
+    return {name: parallel.pmap_step(functools.partial(steps.eval_step, model=model, corruption=name),
+                                     num_broadcast=2)
+            for name in names}
+
+
+def real_examples(batch: Mapping[str, np.ndarray], keys: tuple[str, ...]) -> list[np.ndarray]:
+    """`keys` of a padded eval batch [devices, per_device, ...], flattened over devices,
+    without the padding (mask 0) rows."""
+    mask = batch["mask"].reshape(-1) > 0
+    return [batch[k].reshape(-1, *batch[k].shape[2:])[mask] for k in keys]
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    return x.reshape(-1, *x.shape[2:])
+
+
+def predict_split(eval_fn: Callable, rvariables: Any, batches: Iterable[Mapping[str, np.ndarray]],
+                  rng: jax.Array, level: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits, labels, indices) of every example of the split, in split order, gathered
+    from all processes (host numpy). `rvariables`: replicated model variables."""
+    logits, labels, indices, masks = [], [], [], []
+    level = np.float32(level)
+    for batch in batches:
+        out = eval_fn(rvariables, parallel.shard({k: v for k, v in batch.items() if k != "mask"}), rng, level)
+        logits.append(out)  # device arrays: fetched after the loop, dispatch is not stalled
+        labels.append(_flat(batch["label"]))
+        indices.append(_flat(batch["index"]))
+        masks.append(batch["mask"].reshape(-1))
+    local = {"logits": np.concatenate([_flat(np.asarray(x)) for x in logits]).astype(np.float32),
+             "label": np.concatenate(labels).astype(np.int32), "index": np.concatenate(indices).astype(np.int32),
+             "mask": np.concatenate(masks)}
+    every = parallel.gather_from_processes(local)
+    every = {k: v.reshape(-1, *v.shape[2:]) for k, v in every.items()}
+    keep = every["mask"] > 0
+    order = np.argsort(every["index"][keep], kind="stable")
+    return every["logits"][keep][order], every["label"][keep][order], every["index"][keep][order]

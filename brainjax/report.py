@@ -1,0 +1,123 @@
+"""report.json and plots: the only user of matplotlib.
+
+Written by process 0 only; every process holds the same report (evaluation gathers all
+processes' predictions), so nothing is lost by writing once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from brainjax import degrade, parallel
+
+log = logging.getLogger("brainjax")
+
+
+def write_report(report: dict, workdir: str) -> None:
+    """<workdir>/report.json, confusion_matrix.png and robustness.png (process 0 only;
+    report.json is written to a temporary name and renamed, so it is never half-written)."""
+    if not parallel.is_main_process():
+        return
+    path = os.path.join(workdir, "report.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(report, f, indent=2)
+    os.replace(path + ".tmp", path)
+    plot_confusion(np.asarray(report["clean"]["confusion_matrix"]), report["class_names"],
+                   os.path.join(workdir, "confusion_matrix.png"), title=f"{report['dataset']} {report['split']} (clean)")
+    if report["degraded"]:
+        plot_robustness(report, os.path.join(workdir, "robustness.png"))
+    log.info("wrote %s", path)
+
+
+def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title: str = "") -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_robustness(report: dict, path: str) -> None:
+    """Accuracy vs severity per corruption (left) and the corruption x severity grid (right)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["degraded"])
+    severities = list(next(iter(report["degraded"].values())))
+    grid = np.array([[report["degraded"][n][s]["accuracy"] for s in severities] for n in names])
+    fig, (ax, hm) = plt.subplots(1, 2, figsize=(12, 0.45 * len(names) + 3.2),
+                                 gridspec_kw={"width_ratios": [1.2, 1]})
+    for name, row in zip(names, grid):
+        ax.plot([0] + [int(s) for s in severities], [report["clean"]["accuracy"], *row], marker="o", label=name)
+    ax.axhline(1.0 / len(report["class_names"]), color="grey", ls=":", label="chance")
+    ax.set_xlabel("severity (0 = clean)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    im = hm.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            hm.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if grid[i, j] < 0.6 else "black")
+    hm.set_xticks(range(len(severities)), severities)
+    hm.set_yticks(range(len(names)), names, fontsize=8)
+    hm.set_xlabel("severity")
+    fig.colorbar(im, ax=hm, fraction=0.05)
+    summary = report["summary"]
+    title = f"robustness: {report['dataset']} {report['split']}, clean {summary['clean_accuracy']:.3f}"
+    if summary.get("mean_degraded_accuracy") is not None:
+        title += f", mean corruption accuracy {summary['mean_degraded_accuracy']:.3f}"
+    if summary.get("mCE") is not None:
+        title += f", mCE {summary['mCE']:.3f}"
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def gallery(image: np.ndarray, path: str, names: Sequence[str] = degrade.NAMES, seed: int = 0) -> None:
+    """Every corruption at every severity on one image (float [H, W, 1] in [0, 1]): rows are
+    corruptions, columns clean + severities 1..5. Shows users what the models train against."""
+    import jax.numpy as jnp
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_sev = len(next(iter(degrade.SEVERITIES.values())))
+    fig, axes = plt.subplots(len(names), n_sev + 1, figsize=(1.6 * (n_sev + 1), 1.6 * len(names)))
+    x = jnp.asarray(image, jnp.float32)[None]
+    for r, name in enumerate(names):
+        row = [np.asarray(image)] + [np.asarray(degrade.corrupt(x, name, s, jax.random.key(seed))[0])
+                                     for s in range(1, n_sev + 1)]
+        for c, im in enumerate(row):
+            ax = axes[r, c]
+            ax.imshow(im[..., 0], cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("clean" if c == 0 else f"severity {c}", fontsize=8)
+        axes[r, 0].set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

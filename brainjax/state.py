@@ -1,0 +1,79 @@
+"""Training state: the TrainState pytree, the optimizer and pretrained-weight loading.
+
+Everything here is host-side construction; the steps (`brainjax.steps`) transform the
+state and the loop (`brainjax.loop`) owns it while training.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from brainjax import models, parallel, partition
+from brainjax.models import keras_weights
+from brainjax.errors import UserError
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Any
+    batch_stats: Any  # {} for models without BatchNorm
+    opt_state: Any
+    lr_scale: jax.Array  # float32 scalar, lowered by reduce-on-plateau
+
+
+def make_optimizer(config: ml_collections.ConfigDict, label_tree: Any, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Adam(W) on trainable params (optionally cosine-scheduled, clipped), nothing on frozen."""
+    opt = config.optimizer
+    lr: Any = opt.learning_rate
+    if config.schedule.name == "cosine":
+        total = config.num_epochs * steps_per_epoch
+        warmup = int(config.schedule.get("warmup_epochs", 0) * steps_per_epoch)
+        lr = optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, max(warmup, 1), max(total, warmup + 1))
+    elif config.schedule.name not in ("plateau", "constant"):
+        raise UserError(f"config.schedule.name must be 'plateau', 'cosine' or 'constant', got {config.schedule.name!r}")
+    chain = []
+    if opt.get("grad_clip_norm"):
+        chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))
+    chain.append(optax.adamw(lr, weight_decay=opt.weight_decay) if opt.get("weight_decay") else optax.adam(lr))
+    return partition.optimizer(optax.chain(*chain), label_tree)
+
+
+def initial_variables(config: ml_collections.ConfigDict, model: Any, rng: jax.Array) -> dict:
+    """Randomly initialised variables, with the configured pretrained weights merged in."""
+    variables = models.init_variables(model, rng, (config.image_size, config.image_size, 1))
+    return load_pretrained_weights(config, variables)
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: Any, num_classes: int, rng: jax.Array,
+                       steps_per_epoch: int, variables: Mapping | None = None):
+    """(initial host TrainState, the optimizer, the trainable/frozen label tree)."""
+    del num_classes  # the model already has its head size; kept for call-site clarity
+    if variables is None:
+        variables = initial_variables(config, model, rng)
+    params = variables["params"]
+    label_tree = partition.labels(params, config.trainable)
+    tx = make_optimizer(config, label_tree, steps_per_epoch)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
+                       opt_state=tx.init(params), lr_scale=jnp.ones((), jnp.float32))
+    return jax.device_get(state), tx, label_tree
+
+
+def load_pretrained_weights(config: ml_collections.ConfigDict, variables: Mapping) -> dict:
+    """Merges Keras ImageNet weights into the backbone when config.model.weights asks.
+
+    With several processes, process 0 resolves (and if needed downloads) the file first
+    and the others wait at a barrier, so they never race on the same cache file."""
+    weights = config.model.get("weights", "none")
+    if weights in (None, "", "none"):
+        return dict(variables)
+    return parallel.process_zero_first(
+        "pretrained_weights",
+        lambda: keras_weights.load_into(config.model.backbone, weights, variables,
+                                        weights_dir=config.model.get("weights_dir")))
