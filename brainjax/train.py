@@ -129,9 +129,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else:
         source = ImageBatches(pipeline, config.train_split, config.seed)
         validate = image_validation(eval_fns[None], pipeline, config.val_split, eval_rng)
-        # In the pmapped step BatchNorm statistics span all devices of all processes; a
-        # base that trains no parameter keeps its BatchNorm in inference mode.
-        train_model = models.create_model(config.model, pipeline.num_classes, bn_axis_name=parallel.AXIS,
+        # In the pmapped step BatchNorm statistics span all devices of all processes (on
+        # one device there is nothing to synchronise, and the plain statistics keep the
+        # arithmetic of single-device runs unchanged); a base that trains no parameter
+        # keeps its BatchNorm in inference mode.
+        train_model = models.create_model(config.model, pipeline.num_classes,
+                                          bn_axis_name=parallel.AXIS if jax.device_count() > 1 else None,
                                           frozen_base="backbone" not in trainable)
         step = functools.partial(steps.train_step, model=train_model, degrade_cfg=config.train_degrade.to_dict(),
                                  **step_kwargs)

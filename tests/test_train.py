@@ -248,3 +248,52 @@ def test_importing_brainjax_leaves_xla_flags_settable():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.stdout.strip().splitlines()[-1] == "3", out.stderr[-2000:]
+
+
+def test_synced_batchnorm_step_does_not_depend_on_the_device_split():
+    """BatchNorm with the pmap axis: 8 devices x 4 examples give the loss, parameters and
+    batch statistics of 1 device x 32 (the model trains BatchNorm, no dropout)."""
+    tiny = {"widths": (8, 16), "convs_per_block": 1, "batchnorm": True}
+    config = smoke.get_config()
+    config.model.tiny, config.model.base_batchnorm_train, config.model.dropout = tiny, True, 0.0
+    plain = models.create_model(config.model, 4)
+    synced = models.create_model(config.model, 4, bn_axis_name=parallel.AXIS)
+    state, tx, labels = state_lib.create_train_state(config, plain, 4, jax.random.key(0), 10)
+    kw = dict(tx=tx, label_tree=labels, degrade_cfg={"recipe": "none"})
+    batch = _batch(32)
+    single, m1 = jax.jit(functools.partial(steps.train_step, model=plain, **kw))(state, batch, jax.random.key(3))
+    pstep = parallel.pmap_step(functools.partial(steps.train_step, model=synced, **kw))
+    sharded = jax.tree.map(lambda x: x.reshape(8, 4, *x.shape[1:]), batch)
+    multi, m8 = pstep(parallel.replicate(state), parallel.shard(sharded), jax.random.key(3))
+    multi = parallel.unreplicate(multi)
+    np.testing.assert_allclose(float(m1["loss_sum"]), float(np.asarray(m8["loss_sum"])[0]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(jax.device_get((single.params, single.batch_stats))),
+                    jax.tree.leaves((multi.params, multi.batch_stats))):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+    # without the axis each device normalises its own 4 examples: a different step
+    unsynced = parallel.pmap_step(functools.partial(steps.train_step, model=plain, **kw))
+    _, m8u = unsynced(parallel.replicate(state), parallel.shard(sharded), jax.random.key(3))
+    assert abs(float(m1["loss_sum"]) - float(np.asarray(m8u["loss_sum"])[0])) > 1e-3
+
+
+def test_frozen_base_keeps_its_batchnorm_statistics(smoke_config, tmp_path):
+    """trainable=('^head/',) with base_batchnorm_train=True: the base's BatchNorm runs in
+    inference mode, so its statistics (and parameters) stay exactly as initialised."""
+    from brainjax import checkpoint, train
+
+    smoke_config.model.tiny.batchnorm, smoke_config.model.base_batchnorm_train = True, True
+    smoke_config.trainable, smoke_config.num_epochs, smoke_config.eval.corruptions = ("^head/",), 1, ()
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(smoke_config, workdir)
+    model = models.create_model(smoke_config.model, 4)
+    first = jax.random.split(jax.random.key(smoke_config.seed), 3)[0]
+    init, _, _ = state_lib.create_train_state(smoke_config, model, 4, first, 1)
+    ckpt = checkpoint.Checkpoints(workdir)
+    try:
+        trained, _, _ = ckpt.restore(init, {"params": init.params, "batch_stats": init.batch_stats})
+    finally:
+        ckpt.close()
+    assert int(trained.step) > 0 and jax.tree.leaves(init.batch_stats)
+    for a, b in zip(jax.tree.leaves((init.batch_stats, init.params["backbone"])),
+                    jax.tree.leaves((trained.batch_stats, trained.params["backbone"]))):
+        np.testing.assert_array_equal(a, b)
