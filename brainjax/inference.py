@@ -19,6 +19,9 @@ from brainjax.errors import UserError
 
 def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, num_classes: int) -> tuple[Any, dict]:
     """(model, host model variables) of the best epoch so far in `workdir`."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise UserError(f"no checkpoint in {os.path.abspath(workdir)}; train first "
+                        f"(python launch.py --workdir={workdir} --config=...)")
     model = models.create_model(config.model, num_classes)
     template = models.init_variables(model, jax.random.key(0), (config.image_size, config.image_size, 1))
     template = {"params": template["params"], "batch_stats": template.get("batch_stats", {})}

@@ -118,7 +118,10 @@ def test_evaluate_mode_reproduces_report(trained_workdir, data_dir, tmp_path):
            f"--config.data_dir={data_dir}", "--config.image_size=48",
            "--config.model.tiny.widths=(8,16,32)", "--config.model.tiny.convs_per_block=2",
            "--config.model.tiny.batchnorm=True", "--config.model.base_batchnorm_train=True",
-           "--config.eval_batch_size=16"]  # another batch size: same examples, same result
+           "--config.eval_batch_size=16",  # another batch size: same examples, same result
+           # another optimizer and trainable set: inference restores params + batch_stats only
+           "--config.optimizer.grad_clip_norm=1.0", "--config.optimizer.weight_decay=0.01",
+           "--config.trainable=('^head/',)"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     after = json.load(open(os.path.join(workdir, "report.json")))

@@ -1,0 +1,214 @@
+"""Export a trained model so it runs without JAX: ONNX, TF SavedModel or TFLite.
+
+  python -m brainjax.export --workdir=W --format=onnx|savedmodel|tflite [--out=PATH]
+
+The exported function is the best checkpoint's inference, preprocessing included:
+  images         uint8 [N, H, W, 1] (grayscale; H = W = the config's image_size; N dynamic)
+  probabilities  float32 [N, num_classes], in the order of the sidecar's class_names
+(float conversion, channel replication, the backbone's Keras preprocessing and softmax are
+in the graph, so a consumer feeds plain pixels). A sidecar `<out>.json` names the classes,
+the input size and preprocessing, the brainjax version, a hash of the run's config and
+the run's headline figures.
+
+Converters (see BUILD_NOTES "Export"): ONNX with jax2onnx (straight from the jaxpr);
+SavedModel with jax.experimental.jax2tf (native serialization) under a tf.function with
+the named uint8 signature; TFLite from the JAX function with TF ops allowed where the
+builtin set has none. The converters are optional dependencies: nothing here is imported
+by `import brainjax`, and each is imported only for its format.
+
+Nothing is half-written: every format is written to a temporary name beside the output
+and renamed into place at the end; bad input is one clear error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import brainjax
+from brainjax import inference
+from brainjax.data.phantom import CLASS_NAMES
+from brainjax.errors import UserError
+
+log = logging.getLogger("brainjax")
+
+FORMATS = {"onnx": ".onnx", "savedmodel": "", "tflite": ".tflite"}
+INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
+
+
+def probabilities_fn(model: Any, variables: dict, temperature: float = 1.0) -> Callable[[jax.Array], jax.Array]:
+    """uint8 [N, H, W, 1] -> float32 class probabilities [N, K], weights as constants."""
+
+    def probabilities(images: jax.Array) -> jax.Array:
+        x = images.astype(jnp.float32) / 255.0
+        logits = model.apply(variables, x, train=False).astype(jnp.float32)
+        return jax.nn.softmax(logits / temperature, axis=-1)
+
+    return probabilities
+
+
+def export_onnx(fn: Callable, size: int, path: str) -> None:
+    """ONNX via jax2onnx, dynamic batch 'N', input 'images' (uint8), output 'probabilities'."""
+    import onnx
+    from jax2onnx import to_onnx
+
+    model = to_onnx(fn, [jax.ShapeDtypeStruct(("N", size, size, 1), jnp.uint8)], model_name="brainjax",
+                    opset=17)
+    model = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(model.SerializeToString())
+    _rename_io(model)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+def _rename_io(model: Any) -> None:
+    """Names the single graph input / output 'images' / 'probabilities' (and their uses)."""
+    graph = model.graph
+    renames = {graph.input[0].name: INPUT_NAME, graph.output[0].name: OUTPUT_NAME}
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if value.name in renames:
+            value.name = renames[value.name]
+    for node in graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+
+
+def _tf_module(fn: Callable, size: int) -> Any:
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    converted = jax2tf.convert(fn, polymorphic_shapes=[f"(n, {size}, {size}, 1)"], with_gradient=False)
+    module = tf.Module()
+    module.serve = tf.function(lambda images: {OUTPUT_NAME: converted(images)}, autograph=False,
+                               input_signature=[tf.TensorSpec([None, size, size, 1], tf.uint8, name=INPUT_NAME)])
+    return module
+
+
+def export_savedmodel(fn: Callable, size: int, path: str) -> None:
+    """TF SavedModel with the 'serving_default' signature images -> probabilities."""
+    import tensorflow as tf
+
+    module = _tf_module(fn, size)
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+
+
+def export_tflite(fn: Callable, size: int, path: str) -> None:
+    """TFLite from the jax2tf concrete function (TF select ops allowed where needed)."""
+    import tensorflow as tf
+
+    module = _tf_module(fn, size)
+    concrete = module.serve.get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    with open(path, "wb") as f:
+        f.write(converter.convert())
+
+
+EXPORTERS = {"onnx": export_onnx, "savedmodel": export_savedmodel, "tflite": export_tflite}
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config a run wrote to <workdir>/config.json."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{os.path.abspath(workdir)} holds no config.json: not a brainjax run directory "
+                        "(train first: python launch.py --workdir=... --config=...)")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def sidecar(config: ml_collections.ConfigDict, workdir: str, fmt: str, temperature: float) -> dict:
+    """What a consumer needs besides the file: classes, input, preprocessing, provenance."""
+    with open(os.path.join(workdir, "config.json"), "rb") as f:
+        config_hash = hashlib.sha256(f.read()).hexdigest()[:16]
+    out = {"format": fmt, "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["N", config.image_size,
+                                                                                     config.image_size, 1]},
+           "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N", len(CLASS_NAMES)]},
+           "class_names": list(CLASS_NAMES), "image_size": int(config.image_size),
+           "preprocessing": ("in the graph: uint8 -> float / 255 -> gray replicated to RGB, x255 -> the "
+                             f"{config.model.backbone} backbone's Keras preprocessing; softmax(logits / "
+                             f"temperature) with temperature {temperature}. Feed grayscale pixels resized to "
+                             f"{config.image_size}x{config.image_size} (bilinear, antialiased) as uint8."),
+           "temperature": temperature, "backbone": config.model.backbone, "brainjax_version": brainjax.__version__,
+           "config_sha256": config_hash}
+    report = os.path.join(workdir, "report.json")
+    if os.path.isfile(report):
+        with open(report) as f:
+            r = json.load(f)
+        out["report"] = {"dataset": r.get("dataset"), "split": r.get("split"), "num_examples": r.get("num_examples"),
+                         "clean_accuracy": r["summary"]["clean_accuracy"],
+                         "clean_macro_f1": r["summary"]["clean_macro_f1"],
+                         "mean_corruption_accuracy": r["summary"].get("mean_degraded_accuracy")}
+    return out
+
+
+def _staging_dir(out: str) -> str:
+    """A temporary folder beside `out` (same filesystem: the final rename is atomic)."""
+    parent = os.path.dirname(os.path.abspath(out)) or "."
+    if not os.path.isdir(parent):
+        raise UserError(f"--out={out}: the folder {parent} does not exist; create it or choose another path")
+    try:
+        return tempfile.mkdtemp(prefix=".export-", dir=parent)
+    except OSError as err:
+        raise UserError(f"--out={out}: the folder {parent} is not writable ({err.strerror}); "
+                        "choose another path") from None
+
+
+def export(workdir: str, fmt: str, out: str | None = None) -> str:
+    """Exports the best checkpoint of `workdir`; returns the output path."""
+    if fmt not in EXPORTERS:
+        raise UserError(f"--format={fmt!r} is not one of {sorted(EXPORTERS)}")
+    config = load_run_config(workdir)
+    out = out or os.path.join(workdir, "export", "model" + FORMATS[fmt])
+    if out == os.path.join(workdir, "export", "model" + FORMATS[fmt]):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+    shutil.rmtree(_staging_dir(out))  # fail on an unwritable path before the slow part
+    model, variables = inference.restore_for_inference(config, workdir, len(CLASS_NAMES))
+    temperature = 1.0
+    fn = probabilities_fn(model, variables, temperature)
+    tmp = _staging_dir(out)
+    try:
+        target = os.path.join(tmp, os.path.basename(out))
+        EXPORTERS[fmt](fn, int(config.image_size), target)
+        with open(os.path.join(tmp, "sidecar.json"), "w") as f:
+            json.dump(sidecar(config, workdir, fmt, temperature), f, indent=2)
+        if os.path.isdir(out):
+            shutil.rmtree(out)
+        os.replace(target, out)
+        os.replace(os.path.join(tmp, "sidecar.json"), out + ".json")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--format", required=True, help="onnx | savedmodel | tflite")
+    ap.add_argument("--out", default=None, help="output path (default <workdir>/export/model.<ext>)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        path = export(args.workdir, args.format, args.out)
+    except (UserError, ImportError) as err:
+        hint = (" (the exporters are optional: pip install jax2onnx onnx onnxruntime for ONNX; TensorFlow for "
+                "savedmodel/tflite)") if isinstance(err, ImportError) else ""
+        print(f"brainjax.export: error: {err}{hint}", file=sys.stderr)
+        return 1
+    print(f"wrote {path} and {path}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Export parity: the exported ONNX / SavedModel / TFLite files give brainjax's
+probabilities on the same images (max abs difference <= 1e-4), batches of 1 and 5; bad
+input is one clear error with nothing half-written."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from brainjax import checkpoint, export, models, steps
+from brainjax import state as state_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOL = 1e-4
+
+
+def _fake_run(tmp_path, backbone: str, size: int, **model_options):
+    """A run directory with a config.json and a checkpoint of random weights."""
+    from configs import smoke
+
+    config = smoke.get_config()
+    config.image_size = size
+    config.model.backbone = backbone
+    if backbone != "tiny":
+        config.model.head, config.model.head_hidden = "enhanced", (16,)
+    config.model.update(model_options)
+    workdir = str(tmp_path / backbone)
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort())
+    model = models.create_model(config.model, 4)
+    state, _, _ = state_lib.create_train_state(config, model, 4, jax.random.key(1), 1)
+    best = {"params": state.params, "batch_stats": state.batch_stats}
+    ckpt = checkpoint.Checkpoints(workdir)
+    ckpt.save(1, state, best, {"epoch": 1})
+    ckpt.wait()
+    ckpt.close()
+    return workdir, model, steps.model_variables(state.params, state.batch_stats)
+
+
+def _images(n, size, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 1), dtype=np.uint8)
+
+
+def _reference(model, variables, images):
+    return np.asarray(export.probabilities_fn(model, variables)(images))
+
+
+def _run_onnx(path, images):
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["images"] and [o.name for o in sess.get_outputs()] == ["probabilities"]
+    return sess.run(["probabilities"], {"images": images})[0]
+
+
+def _run_savedmodel(path, images):
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    return fn(images=tf.constant(images))["probabilities"].numpy()
+
+
+def _run_tflite(path, images):
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=path)
+    inp = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(inp["index"], images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], images)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+RUNNERS = {"onnx": _run_onnx, "savedmodel": _run_savedmodel, "tflite": _run_tflite}
+CASES = [("tiny", 32, {}), ("vgg16", 32, {"vgg16": {"conv_impl": "direct"}}), ("resnet50v2", 32, {})]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "savedmodel", "tflite"])
+@pytest.mark.parametrize("backbone,size,options", CASES, ids=[c[0] for c in CASES])
+def test_export_matches_brainjax_probabilities(tmp_path, fmt, backbone, size, options):
+    if fmt == "onnx":
+        pytest.importorskip("jax2onnx")
+        pytest.importorskip("onnxruntime")
+    workdir, model, variables = _fake_run(tmp_path, backbone, size, **options)
+    path = export.export(workdir, fmt)
+    side = json.load(open(path + ".json"))
+    assert side["class_names"] == ["glioma", "meningioma", "no_tumor", "pituitary"] and side["image_size"] == size
+    worst = 0.0
+    for n in (1, 5):
+        images = _images(n, size, seed=n)
+        got = RUNNERS[fmt](path, images)
+        want = _reference(model, variables, images)
+        assert got.shape == (n, 4) and got.dtype == np.float32
+        worst = max(worst, float(np.abs(got - want).max()))
+    print(f"{fmt} {backbone}@{size}: max |exported - brainjax| = {worst:.2e}")
+    assert worst <= TOL
+
+
+def test_export_bad_input_is_one_clear_error_and_writes_nothing(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run = lambda *a: subprocess.run([sys.executable, "-m", "brainjax.export", *a], cwd=ROOT, capture_output=True,
+                                    text=True, timeout=300)
+    out = run(f"--workdir={empty}", "--format=onnx")
+    assert out.returncode == 1 and "config.json" in out.stderr and "Traceback" not in out.stderr
+    workdir, _, _ = _fake_run(tmp_path, "tiny", 32)
+    out = run(f"--workdir={workdir}", "--format=pt")
+    assert out.returncode == 1 and "is not one of" in out.stderr and "Traceback" not in out.stderr
+    out = run(f"--workdir={workdir}", "--format=savedmodel", "--out=/proc/brainjax_model")  # even root cannot
+    assert out.returncode == 1 and "not writable" in out.stderr and "Traceback" not in out.stderr
+    assert not os.path.exists("/proc/brainjax_model")
+    out = run(f"--workdir={workdir}", "--format=onnx", f"--out={tmp_path / 'missing' / 'm.onnx'}")
+    assert out.returncode == 1 and "does not exist" in out.stderr and "Traceback" not in out.stderr
+    nockpt = tmp_path / "nockpt"
+    nockpt.mkdir()
+    (nockpt / "config.json").write_text(open(os.path.join(workdir, "config.json")).read())
+    out = run(f"--workdir={nockpt}", "--format=savedmodel")
+    assert out.returncode == 1 and "no checkpoint" in out.stderr and "Traceback" not in out.stderr
+    assert not os.path.exists(nockpt / "export" / "model")
