@@ -64,8 +64,7 @@ def export_onnx(fn: Callable, size: int, path: str) -> None:
     import onnx
     from jax2onnx import to_onnx
 
-    model = to_onnx(fn, [jax.ShapeDtypeStruct(("N", size, size, 1), jnp.uint8)], model_name="brainjax",
-                    opset=17)
+    model = to_onnx(fn, [jax.ShapeDtypeStruct(("N", size, size, 1), jnp.uint8)], model_name="brainjax")
     model = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(model.SerializeToString())
     _rename_io(model)
     onnx.checker.check_model(model)
@@ -170,6 +169,9 @@ def export(workdir: str, fmt: str, out: str | None = None) -> str:
     if fmt not in EXPORTERS:
         raise UserError(f"--format={fmt!r} is not one of {sorted(EXPORTERS)}")
     config = load_run_config(workdir)
+    if config.model.backbone in ("vgg16", "vgg19"):  # same weights; other runtimes have their own conv kernels
+        config.model[config.model.backbone] = {**dict(config.model.get(config.model.backbone) or {}),
+                                               "conv_impl": "direct"}
     out = out or os.path.join(workdir, "export", "model" + FORMATS[fmt])
     if out == os.path.join(workdir, "export", "model" + FORMATS[fmt]):
         os.makedirs(os.path.dirname(out), exist_ok=True)

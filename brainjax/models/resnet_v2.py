@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 BN_EPSILON = 1.001e-5
@@ -45,7 +46,8 @@ class PreactBottleneck(nn.Module):
         if self.conv_shortcut:
             shortcut = nn.Conv(4 * self.filters, (1, 1), strides=self.stride, dtype=self.dtype, name="0_conv")(preact)
         elif self.stride > 1:
-            shortcut = x[:, :: self.stride, :: self.stride, :]  # MaxPooling2D(1, strides=stride)
+            # MaxPooling2D(1, strides=stride); lax.slice (static) exports everywhere
+            shortcut = jax.lax.slice(x, (0, 0, 0, 0), x.shape, (1, self.stride, self.stride, 1))
         else:
             shortcut = x
         y = nn.Conv(self.filters, (1, 1), use_bias=False, dtype=self.dtype, name="1_conv")(preact)
@@ -68,7 +70,7 @@ class ResNetV2(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         x = tf_preprocess(x).astype(self.dtype)
         x = nn.Conv(64, (7, 7), strides=2, padding="VALID", dtype=self.dtype, name="conv1_conv")(_pad(x, 3))
-        x = nn.max_pool(_pad(x, 1), (3, 3), strides=(2, 2), padding="VALID")
+        x = nn.max_pool(_pad(x, 1), window_shape=(3, 3), strides=(2, 2), padding="VALID")
         widths = (64, 128, 256, 512)
         for stack, (blocks, width) in enumerate(zip(self.blocks_per_stack, widths), start=2):
             last_stride = 1 if stack == 1 + len(widths) else 2

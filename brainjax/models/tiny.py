@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -22,7 +23,9 @@ class TinyCNN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        x = (x[..., :1] / 127.5 - 1.0).astype(self.dtype)
+        # lax.slice, not x[..., :1]: a static slice, which the TFLite converter accepts
+        # with a dynamic batch dimension (indexing lowers to a dynamic gather there)
+        x = (jax.lax.slice_in_dim(x, 0, 1, axis=x.ndim - 1) / 127.5 - 1.0).astype(self.dtype)
         for block, width in enumerate(self.widths, start=1):
             for conv in range(1, self.convs_per_block + 1):
                 name = f"block{block}_conv{conv}"
@@ -31,5 +34,5 @@ class TinyCNN(nn.Module):
                     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                                      axis_name=self.bn_axis_name, name=f"{name}_bn")(x)
                 x = nn.relu(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+            x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
         return x

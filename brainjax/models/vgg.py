@@ -59,7 +59,9 @@ class Conv3x3(nn.Module):
 
 def caffe_preprocess(x: jnp.ndarray) -> jnp.ndarray:
     """keras.applications.imagenet_utils.preprocess_input(mode='caffe')."""
-    return x[..., ::-1] - jnp.asarray(CAFFE_BGR_MEAN, x.dtype)
+    # lax.rev, not x[..., ::-1]: the same values, and a static op that exporters (TFLite
+    # with a dynamic batch) accept where strided indexing lowers to a dynamic gather
+    return jax.lax.rev(x, (x.ndim - 1,)) - jnp.asarray(CAFFE_BGR_MEAN, x.dtype)
 
 
 class VGG(nn.Module):
