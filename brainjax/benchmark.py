@@ -174,6 +174,84 @@ def loop_rates(size: int, batch: int, data_dir: str | None, repeats: int = 3) ->
     return out
 
 
+def _latency_ms(fn: Any, repeats: int) -> dict:
+    """Median and p95 wall time of `fn()` in ms over `repeats` calls after two warm-ups."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - t0))
+    return {"median_ms": float(np.median(times)), "p95_ms": float(np.percentile(times, 95))}
+
+
+def export_latency(settings: tuple = (("tiny", 64), ("vgg16", 224), ("resnet50v2", 224)), repeats: int = 20) -> dict:
+    """CPU latency of the exported inference (uint8 images -> probabilities), batch 1 and
+    32, median and p95: JAX jit vs onnxruntime vs TFLite (1 thread and default threads),
+    random weights, measured side by side in this process."""
+    import tempfile
+
+    from brainjax import export
+
+    out: dict = {}
+    for arch, size in settings:
+        c = _config(arch, size, 32)
+        if arch.startswith("vgg"):
+            c.model[arch] = {"conv_impl": "direct"}
+        model = models.create_model(c.model, 4)
+        variables = models.init_variables(model, jax.random.key(0), (size, size, 1))
+        fn = export.probabilities_fn(model, variables)
+        jitted = jax.jit(fn)
+        row: dict = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path, tfl_path = os.path.join(tmp, "m.onnx"), os.path.join(tmp, "m.tflite")
+            runners: dict = {}
+            try:
+                export.export_onnx(fn, size, onnx_path)
+                import onnxruntime as ort
+
+                for threads in (1, 0):
+                    so = ort.SessionOptions()
+                    so.intra_op_num_threads = threads
+                    sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+                    runners[f"onnxruntime_{threads or 'default'}_threads"] = (
+                        lambda x, sess=sess: sess.run(["probabilities"], {"images": x})[0])
+            except ImportError as err:
+                print(f"  onnx skipped: {err}")
+            try:
+                export.export_tflite(fn, size, tfl_path)
+                import tensorflow as tf
+
+                for threads in (1, None):
+                    interp = tf.lite.Interpreter(model_path=tfl_path, num_threads=threads)
+
+                    def run_tfl(x, interp=interp):
+                        inp = interp.get_input_details()[0]
+                        if tuple(inp["shape"]) != x.shape:
+                            interp.resize_tensor_input(inp["index"], x.shape)
+                            interp.allocate_tensors()
+                        interp.set_tensor(inp["index"], x)
+                        interp.invoke()
+                        return interp.get_tensor(interp.get_output_details()[0]["index"])
+
+                    runners[f"tflite_{threads or 'default'}_threads"] = run_tfl
+            except ImportError as err:
+                print(f"  tflite skipped: {err}")
+            runners["jax_jit"] = lambda x: np.asarray(jitted(x))
+            for batch in (1, 32):
+                x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 1), dtype=np.uint8)
+                for name, run in runners.items():
+                    n = repeats if batch == 1 or arch == "tiny" else max(repeats // 4, 3)
+                    r = _latency_ms(lambda: run(x), n)
+                    r["per_image_ms"] = r["median_ms"] / batch
+                    row[f"{name}_batch{batch}"] = r
+                    print(f"  {arch}@{size} batch {batch} {name}: median {r['median_ms']:.2f} ms, "
+                          f"p95 {r['p95_ms']:.2f} ms ({r['per_image_ms']:.2f} ms/image)", flush=True)
+        out[f"{arch}@{size}"] = row
+    return out
+
+
 def seed_protocol_inputs_phantom(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """n phantom slices (uint8 [n, size, size, 1]) with balanced labels, no TF needed."""
     from brainjax.data import phantom
@@ -278,6 +356,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--no_keras", action="store_true")
     ap.add_argument("--no_torch", action="store_true")
     ap.add_argument("--no_loop", action="store_true", help="skip loop_efficiency / checkpoint overhead")
+    ap.add_argument("--export", action="store_true",
+                    help="only the export latency table: JAX jit vs onnxruntime vs TFLite, batch 1 and 32")
     ap.add_argument("--loop_only", action="store_true",
                     help="only loop_efficiency and the checkpoint overhead (VGG16 at 112 px)")
     ap.add_argument("--dtype", default="float32", help="compute dtype (params stay float32): float32 | bfloat16")
@@ -289,6 +369,12 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     xla_flags.apply_cpu_defaults()  # what launch.py runs with; before the first JAX computation
     repeats = args.repeats or 3
+    if args.export:
+        result = {"device": str(jax.devices()[0]), "date": time.strftime("%Y-%m-%d"),
+                  "export_latency": export_latency(repeats=max(repeats, 20))}
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+        return result
     if args.loop_only:
         loop = loop_rates(112, args.batch, args.data_dir, repeats) or {}
         loop.update(device=str(jax.devices()[0]), date=time.strftime("%Y-%m-%d"))
