@@ -17,6 +17,7 @@ what the uninterrupted one would have.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import signal
@@ -226,7 +227,8 @@ def _fit(config, ckpt, *, state, step_fn, source, validate, rng, writers, tag, w
 
     def save(step: int) -> None:
         nonlocal last_save_time, last_save_step
-        ckpt.save(step, parallel.unreplicate(rstate), best, progress)
+        # a deep copy: orbax serialises in the background while the loop goes on
+        ckpt.save(step, parallel.unreplicate(rstate), best, copy.deepcopy(progress))
         last_save_time, last_save_step = time.monotonic(), step
 
     def stop_for_preemption(step: int) -> None:

@@ -135,7 +135,9 @@ def test_kill_9_loses_at_most_the_checkpoint_interval(straight, data_dir, tmp_pa
     assert proc.returncode == -signal.SIGKILL
     log = _run(workdir, data_dir)
     resumed = int(log.split("at step ")[1].split()[0])
-    assert resumed >= last - EVERY, (resumed, last)
+    # lost: the steps since the newest *committed* save; saves are asynchronous, so one
+    # still being written when the kill came adds at most one more interval
+    assert resumed >= last - 2 * EVERY, (resumed, last)
     _assert_same_end(straight, workdir)
 
 
