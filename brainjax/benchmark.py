@@ -226,11 +226,12 @@ def export_latency(settings: tuple = (("tiny", 64), ("vgg16", 224), ("resnet50v2
                 for threads in (1, None):
                     interp = tf.lite.Interpreter(model_path=tfl_path, num_threads=threads)
 
-                    def run_tfl(x, interp=interp):
+                    def run_tfl(x, interp=interp, shape=[]):
                         inp = interp.get_input_details()[0]
-                        if tuple(inp["shape"]) != x.shape:
+                        if shape != [x.shape]:  # (re)allocate for a new batch size only
                             interp.resize_tensor_input(inp["index"], x.shape)
                             interp.allocate_tensors()
+                            shape[:] = [x.shape]
                         interp.set_tensor(inp["index"], x)
                         interp.invoke()
                         return interp.get_tensor(interp.get_output_details()[0]["index"])
