@@ -38,3 +38,20 @@ def smoke_config(data_dir):
     config = smoke.get_config()
     config.data_dir = data_dir
     return config
+
+
+def restore_run(workdir, config):
+    """(training state, best model variables, loop progress) of the newest checkpoint of a
+    run of `config` in `workdir` (the templates come from the config's model)."""
+    import jax
+
+    from brainjax import checkpoint, models
+    from brainjax import state as state_lib
+
+    model = models.create_model(config.model, 4)
+    template, _, _ = state_lib.create_train_state(config, model, 4, jax.random.key(0), 1)
+    ckpt = checkpoint.Checkpoints(workdir)
+    try:
+        return ckpt.restore(template, {"params": template.params, "batch_stats": template.batch_stats})
+    finally:
+        ckpt.close()

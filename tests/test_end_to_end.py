@@ -8,10 +8,10 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import restore_run
 from flax import traverse_util
 
-from brainjax import checkpoint, inference, models, train
-from brainjax import state as state_lib
+from brainjax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,13 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _params(workdir, config, which="latest"):
     """Flattened params of the newest checkpoint ('latest': the training state, 'best':
     the best model kept in it) and the loop's progress."""
-    model = models.create_model(config.model, 4)
-    template, _, _ = state_lib.create_train_state(config, model, 4, jax.random.key(0), 1)
-    ckpt = checkpoint.Checkpoints(workdir)
-    try:
-        state, best, loop = ckpt.restore(template, {"params": template.params, "batch_stats": template.batch_stats})
-    finally:
-        ckpt.close()
+    state, best, loop = restore_run(workdir, config)
     params = state.params if which == "latest" else best["params"]
     return traverse_util.flatten_dict(jax.device_get(params)), loop
 

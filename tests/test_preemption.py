@@ -14,10 +14,10 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import restore_run
 from flax import traverse_util
 
-from brainjax import checkpoint, models
-from brainjax import state as state_lib
+from brainjax import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVERY = 4  # checkpoint_every_steps in these runs
@@ -59,13 +59,7 @@ def _final(workdir):
     config.image_size = 48
     config.model.tiny.update(widths=(8, 16, 32), convs_per_block=2, batchnorm=True)
     config.model.base_batchnorm_train = True
-    model = models.create_model(config.model, 4)
-    template, _, _ = state_lib.create_train_state(config, model, 4, jax.random.key(0), 1)
-    ckpt = checkpoint.Checkpoints(workdir)
-    try:
-        state, best, loop = ckpt.restore(template, {"params": template.params, "batch_stats": template.batch_stats})
-    finally:
-        ckpt.close()
+    state, best, loop = restore_run(workdir, config)
     flat = traverse_util.flatten_dict(jax.device_get({"params": state.params, "stats": state.batch_stats,
                                                       "best": best}))
     return flat, json.load(open(os.path.join(workdir, "report.json"))), loop
