@@ -3,7 +3,7 @@
   python launch.py --workdir=/tmp/brainjax                       # train + evaluate (default config)
   python launch.py --workdir=... --config=configs/smoke.py --config.num_epochs=3
   python launch.py --workdir=... --mode=evaluate                 # re-evaluate the best checkpoint
-  python launch.py --workdir=... --mode=predict --images=a.jpg,b.png
+  python launch.py --workdir=... --mode=predict --images=a.jpg,b.png [--explain]   # + Grad-CAM PNGs
   python launch.py --workdir=... --mode=gallery --images=x.jpg   # every corruption x severity
   python launch.py --workdir=... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
 """
@@ -26,6 +26,8 @@ config_flags.DEFINE_config_file("config", "configs/default.py", "Config file (ml
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "gallery"], "What to do.")
 flags.DEFINE_list("images", [], "Image files for --mode=predict / --mode=gallery.")
+flags.DEFINE_bool("explain", False, "--mode=predict: also write a Grad-CAM overlay per image to "
+                  "<workdir>/explain/<image stem>.png (for the predicted class).")
 flags.DEFINE_bool("distributed", False, "Join a multi-process run: jax.distributed.initialize() with the flags "
                   "below, or JAX's cluster auto-detection (Slurm, Open MPI, TPU) where they are absent.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --distributed).")
@@ -53,7 +55,7 @@ def main(argv):
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     from brainjax import run
 
-    sys.exit(run.main(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images))
+    sys.exit(run.main(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images, explain=FLAGS.explain))
 
 
 if __name__ == "__main__":

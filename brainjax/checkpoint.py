@@ -23,11 +23,23 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from brainjax.errors import UserError
+
 log = logging.getLogger("brainjax")
 
 
 def _abstract(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+_MISMATCH_MARKERS = ("tree structures do not match", "shape mismatch", "Requested shape",
+                     "does not match the shape", "incompatible shape")
+
+
+def _is_config_mismatch(err: Exception) -> bool:
+    """orbax read the checkpoint but its tree or shapes differ from the template."""
+    text = str(err)
+    return any(marker.lower() in text.lower() for marker in _MISMATCH_MARKERS)
 
 
 class Checkpoints:
@@ -58,6 +70,14 @@ class Checkpoints:
                 return step, self.manager.restore(step, args=args_for_step(step))
             except Exception as err:  # noqa: BLE001  (orbax raises many types on bad files)
                 path = os.path.join(self.directory, str(step))
+                if _is_config_mismatch(err):
+                    # A readable checkpoint of another model: the config is wrong, not the
+                    # file. Never delete work because of a wrong flag.
+                    raise UserError(
+                        f"checkpoint {path} holds a different model than this config builds "
+                        f"({str(err).splitlines()[0][:160]}); use the config the run was trained with "
+                        f"(saved as {os.path.join(os.path.dirname(self.directory), 'config.json')}), "
+                        "with the same --config.* overrides") from None
                 log.warning("checkpoint %s is unreadable (%s: %s); removing it and using the previous step",
                             path, type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
                 if jax.process_index() == 0:

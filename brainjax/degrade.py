@@ -269,6 +269,27 @@ SEED_CHAIN_CFG = {"recipe": "chain", "prob": 1.0, "max_ops": 3, "gaussian_noise"
                   "gaussian_blur": (0.5, 5.0), "downsample": (0.3, 0.8)}
 
 
+# The level at which each corruption leaves the image as it is (severity 0).
+IDENTITY_LEVEL: Mapping[str, float] = {
+    "gaussian_noise": 0.0, "rician_noise": 0.0, "gaussian_blur": 0.0, "motion_blur": 0.0, "downsample": 1.0,
+    "kspace_undersample": 1.0, "motion_ghosting": 0.0, "bias_field": 0.0, "contrast": 1.0, "jpeg": 100.0,
+}
+
+
+def strength(name: str, level: jax.Array) -> jax.Array:
+    """A corruption's level on one scale for all corruptions: 0 at the identity level,
+    0.2 x severity at the evaluation severities 1..5 (piecewise linear between them),
+    clipped to [0, 1]. Lets one quality head compare noise std, blur sigma and JPEG
+    quality."""
+    xs = np.array([IDENTITY_LEVEL[name], *SEVERITIES[name]], np.float32)
+    ys = np.linspace(0.0, 1.0, len(xs)).astype(np.float32)
+    if xs[-1] < xs[0]:  # levels that fall with severity (kept fraction, JPEG quality)
+        xs, level = -xs, -jnp.asarray(level, jnp.float32)
+    else:
+        level = jnp.asarray(level, jnp.float32)
+    return jnp.interp(level, jnp.asarray(xs), jnp.asarray(ys))
+
+
 def level_for(name: str, severity: int) -> float:
     """The physical level of `name` at `severity` (1..5)."""
     if name not in SEVERITIES:
@@ -306,7 +327,10 @@ def _chain_one(image, key, names: Sequence[str], ranges: Sequence[tuple[float, f
     distinct corruptions drawn from `names`, in random order, each at a level uniform in
     its range. With the seed's three corruptions this is "a random non-empty subset, in
     random order". Under vmap every branch of the switch runs, so the cost is
-    max_ops x len(names) corruptions per image."""
+    max_ops x len(names) corruptions per image.
+
+    Returns (image, targets): targets [len(NAMES)] is the `strength` of each corruption
+    applied (0 for those not applied), what the scan-quality head learns to predict."""
     k_apply, k_count, k_order, k_level, k_ops = jax.random.split(key, 5)
     n = len(names)
     slots = min(max_ops, n)
@@ -321,20 +345,29 @@ def _chain_one(image, key, names: Sequence[str], ranges: Sequence[tuple[float, f
     out = image
     for slot in range(slots):
         out = jnp.where(slot < count, jax.lax.switch(order[slot], branches, out), out)
-    return jnp.where(jax.random.bernoulli(k_apply, prob), out, image)
+    applied = jax.random.bernoulli(k_apply, prob)
+    # Corruption i ran iff its position in the random order is below the chain length.
+    position = jnp.argsort(order)
+    used = (position < count) & applied
+    strengths = jnp.stack([strength(nm, levels[i]) for i, nm in enumerate(names)])
+    targets = jnp.zeros(len(NAMES), jnp.float32).at[jnp.array([NAMES.index(nm) for nm in names])].set(
+        jnp.where(used, strengths, 0.0))
+    return jnp.where(applied, out, image), targets
 
 
 def _augmix_one(image, key, names, ranges, prob, max_ops, width):
     """AugMix-style: `width` independent chains mixed with Dirichlet(1) weights, then blended
-    with the original by m ~ Beta(1, 1)."""
+    with the original by m ~ Beta(1, 1). Targets: the chains' targets, weighted as the
+    images are (a corruption's share in the final mixture times its strength)."""
     k_w, k_m, k_apply, k_chains = jax.random.split(key, 4)
     weights = jax.random.dirichlet(k_w, jnp.ones(width))
-    chains = jnp.stack([_chain_one(image, k, names, ranges, 1.0, max_ops)
-                        for k in jax.random.split(k_chains, width)])
-    mixed = jnp.tensordot(weights, chains, axes=1)
+    chains = [_chain_one(image, k, names, ranges, 1.0, max_ops) for k in jax.random.split(k_chains, width)]
+    mixed = jnp.tensordot(weights, jnp.stack([c[0] for c in chains]), axes=1)
+    mixed_targets = jnp.tensordot(weights, jnp.stack([c[1] for c in chains]), axes=1)
     m = jax.random.beta(k_m, 1.0, 1.0)
     out = m * image + (1 - m) * mixed
-    return jnp.where(jax.random.bernoulli(k_apply, prob), out, image)
+    applied = jax.random.bernoulli(k_apply, prob)
+    return jnp.where(applied, out, image), jnp.where(applied, (1 - m) * mixed_targets, 0.0)
 
 
 def random_flip_lr(images: jax.Array, keys: jax.Array) -> jax.Array:
@@ -353,12 +386,20 @@ def augment(images: jax.Array, keys: jax.Array, cfg: Mapping) -> jax.Array:
     cfg.<name>: (low, high) level range per corruption (units of brainjax.degrade.SEVERITIES);
     only corruptions with a range are used.
     """
+    return augment_with_targets(images, keys, cfg)[0]
+
+
+def augment_with_targets(images: jax.Array, keys: jax.Array, cfg: Mapping) -> tuple[jax.Array, jax.Array]:
+    """`augment`, plus what it did: targets [N, len(NAMES)], the `strength` in [0, 1] of
+    every corruption applied to each example (0: not applied; all 0 <=> the image is
+    unchanged apart from the flip). The scan-quality head is trained on these."""
     if cfg.get("flip_lr", False):
         keys, flip_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
         images = random_flip_lr(images, flip_keys)
+    none = jnp.zeros((images.shape[0], len(NAMES)), jnp.float32)
     recipe = cfg.get("recipe", "none")
     if recipe == "none" or cfg.get("prob", 0.0) <= 0:
-        return images
+        return images, none
     names = [nm for nm in NAMES if cfg.get(nm) is not None]
     if not names:
         raise UserError("train_degrade has a recipe but no corruption ranges "

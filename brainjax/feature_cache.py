@@ -72,7 +72,8 @@ class HeadOnly(nn.Module):
 
     head: nn.Module
 
-    def __call__(self, features: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    def __call__(self, features: jnp.ndarray, train: bool = False, with_quality: bool = False) -> jnp.ndarray:
+        del with_quality  # cached features carry no degradation targets (see check_config)
         return self.head(features, train=train)
 
 
@@ -128,6 +129,10 @@ def check_config(config: ml_collections.ConfigDict, label_tree: Any, has_batch_s
     if config.train_degrade.recipe != "none" or config.train_degrade.get("flip_lr"):
         problems.append("config.train_degrade must be fixed: recipe='none' and flip_lr=False "
                         "(use config.fixed_degraded_copy=True for the seed's one fixed degraded copy per image)")
+    if config.get("train_augment") and float(config.train_augment.get("prob", 0.0)) > 0:
+        problems.append("config.train_augment.prob must be 0 (random augmentations change the base's input)")
+    if config.model.get("quality_head") and config.model.quality_head.get("enabled"):
+        problems.append("config.model.quality_head.enabled must be False (cached inputs carry no degradation targets)")
     if config.model.get("base_batchnorm_train") and has_batch_stats:
         problems.append("config.model.base_batchnorm_train must be False (batch statistics change per batch)")
     if jax.process_count() > 1:

@@ -7,6 +7,7 @@ set can be evaluated or used for prediction, and no pretrained weight file is ne
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -35,3 +36,15 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, num_c
                         f"(python launch.py --workdir={workdir} --config=...)")
     best, _ = restored
     return model, steps.model_variables(best["params"], best["batch_stats"])
+
+
+CALIBRATION_FILE = "calibration.json"
+
+
+def load_calibration(workdir: str) -> dict | None:
+    """<workdir>/calibration.json (written with report.json), or None if there is none."""
+    path = os.path.join(workdir, CALIBRATION_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

@@ -25,14 +25,104 @@ def write_report(report: dict, workdir: str) -> None:
     if not parallel.is_main_process():
         return
     path = os.path.join(workdir, "report.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(path + ".tmp", path)
+    _write_json(report, path)
     plot_confusion(np.asarray(report["clean"]["confusion_matrix"]), report["class_names"],
                    os.path.join(workdir, "confusion_matrix.png"), title=f"{report['dataset']} {report['split']} (clean)")
     if report["degraded"]:
         plot_robustness(report, os.path.join(workdir, "robustness.png"))
+    if "calibration" in report:
+        # What --mode=predict needs (temperature, abstention thresholds), next to the checkpoints.
+        _write_json(calibration_record(report), os.path.join(workdir, "calibration.json"))
+        plot_reliability(report["calibration"], os.path.join(workdir, "reliability.png"))
+    if "selective" in report:
+        plot_risk_coverage(report["selective"], os.path.join(workdir, "risk_coverage.png"))
     log.info("wrote %s", path)
+
+
+def plot_reliability(cal: dict, path: str) -> None:
+    """Reliability diagram of the clean test split: accuracy per confidence bin, before
+    and after temperature scaling (the diagonal is perfect calibration)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = cal["bins"]
+    centres = (np.arange(bins) + 0.5) / bins
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+    for name, width, colour in (("before", 0.9, "tab:red"), ("after", 0.5, "tab:blue")):
+        b = cal["reliability"][name]
+        has = np.asarray(b["count"]) > 0
+        ece = cal["clean"][f"ece_{name}"]
+        label = f"{name} (T={cal['temperature']:.2f}, ECE {ece:.3f})" if name == "after" else f"{name} (ECE {ece:.3f})"
+        ax.bar(centres[has], np.asarray(b["accuracy"])[has], width=width / bins, alpha=0.6, color=colour, label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("reliability, clean test split", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_risk_coverage(sel: dict, path: str) -> None:
+    """Accuracy of the kept predictions vs the share kept, clean and over the degraded grid."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    for rule, entry in sel.get("rules", {sel["rule"]: sel}).items():
+        for name, curve in entry["curves"].items():
+            ax.plot(curve["coverage"], curve["accuracy"], label=f"{name}, {rule}",
+                    ls="-" if rule == "max_prob" else "--")
+    ax.axvline(0.8, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("coverage (share of predictions kept)")
+    ax.set_ylabel("accuracy of kept predictions")
+    ax.set_title("risk-coverage (test split)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def calibration_record(report: dict) -> dict:
+    """What prediction needs from an evaluation: the temperature and, per abstention
+    rule, the threshold fitted on validation (stored next to the checkpoints)."""
+    sel = report["selective"]
+    return {"temperature": report["calibration"]["temperature"], "rule": sel["rule"],
+            "target_accuracy": sel["target_accuracy"],
+            "thresholds": {rule: entry["threshold"] for rule, entry in sel["rules"].items()}}
+
+
+def _write_json(obj: dict, path: str) -> None:
+    """Atomic: a temporary name, then rename, so the file is never half-written."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: str, title: str = "") -> None:
+    """The grayscale scan with a Grad-CAM heatmap ([0, 1]) on top, and the scan alone."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.4))
+    axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title("scan", fontsize=9)
+    axes[1].imshow(image, cmap="gray", vmin=0, vmax=1)
+    axes[1].imshow(heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    axes[1].set_title(title or "Grad-CAM", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title: str = "") -> None:

@@ -10,7 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from brainjax import evaluators, inference, loop, parallel, report, steps, train
+from brainjax import evaluators, explain as explain_lib, inference, loop, models, parallel, report, steps, train
 from brainjax.errors import UserError
 
 log = logging.getLogger("brainjax")
@@ -45,22 +45,49 @@ def _load_images(paths: Sequence[str], size: int) -> tuple[list, list, int]:
     return images, good, failures
 
 
-def predict_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequence[str]) -> int:
-    """Prints class probabilities per file; unreadable files get an error line. Returns
-    the number of files that could not be predicted."""
+def predict_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequence[str], explain: bool = False) -> int:
+    """Prints, per file: the predicted class, the temperature-scaled class probabilities,
+    the scan-quality estimate (`quality=`, from the quality head; n/a without one) and
+    `ABSTAIN` when the abstention rule fitted at evaluation says not to rely on it.
+    explain: also writes <workdir>/explain/<stem>.png (Grad-CAM overlay). Unreadable
+    files get an error line. Returns the number of files that could not be predicted."""
+    import os
+
     import brainjax.data
 
     if not paths:
         raise UserError("--mode=predict needs --images=a.jpg,b.png")
     class_names = list(brainjax.data.CLASS_NAMES)
     model, variables = inference.restore_for_inference(config, workdir, len(class_names))
+    cal = inference.load_calibration(workdir)
+    if cal is None:
+        log.warning("no calibration in %s (run --mode=evaluate): raw softmax, no abstention", workdir)
     images, good, failures = _load_images(paths, config.image_size)
-    if images:
-        batch = steps.to_float_images(np.stack(images))
-        probs = np.asarray(jax.nn.softmax(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, batch)))
-        for path, p in zip(good, probs):
-            ranked = "  ".join(f"{class_names[i]} {p[i]:.3f}" for i in np.argsort(-p))
-            print(f"{path}: {class_names[int(p.argmax())]}  ({ranked})")
+    if not images:
+        return failures
+    batch = steps.to_float_images(np.stack(images))
+    has_quality = model.quality_head is not None
+    out = jax.jit(lambda v, x: model.apply(v, x, train=False, with_quality=has_quality))(variables, batch)
+    logits, quality = (out[0], np.asarray(models.quality_score(out[1]))) if has_quality else (out, None)
+    probs = evaluators.calibration.softmax(np.asarray(logits), cal["temperature"] if cal else 1.0)
+    abstain = None
+    if cal is not None:
+        rule = cal["rule"] if (cal["rule"] != "quality" or has_quality) else "max_prob"
+        scores = evaluators.abstain_score(probs, quality, rule)
+        abstain = scores < cal["thresholds"][rule]
+    for i, (path, p) in enumerate(zip(good, probs)):
+        ranked = "  ".join(f"{class_names[j]} {p[j]:.3f}" for j in np.argsort(-p))
+        q = f"quality={quality[i]:.2f}" if quality is not None else "quality=n/a"
+        flag = "  ABSTAIN low quality: do not rely on this prediction" if abstain is not None and abstain[i] else ""
+        print(f"{path}: {class_names[int(p.argmax())]}  ({ranked})  {q}{flag}")
+    if explain:
+        heatmaps = np.asarray(jax.jit(lambda v, x: explain_lib.grad_cam(model, v, x))(variables, batch))
+        os.makedirs(os.path.join(workdir, "explain"), exist_ok=True)
+        for path, image, heat, p in zip(good, np.asarray(batch), heatmaps, probs):
+            out_path = os.path.join(workdir, "explain", os.path.splitext(os.path.basename(path))[0] + ".png")
+            report.save_overlay(image[..., 0], heat, out_path,
+                                title=f"{os.path.basename(path)}: {class_names[int(p.argmax())]} {p.max():.2f}")
+            print(f"{path}: wrote {out_path}")
     return failures
 
 
@@ -79,7 +106,8 @@ def gallery_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequen
     return failures
 
 
-def main(config: ml_collections.ConfigDict, workdir: str, mode: str, images: Sequence[str] = ()) -> int:
+def main(config: ml_collections.ConfigDict, workdir: str, mode: str, images: Sequence[str] = (),
+         explain: bool = False) -> int:
     """Runs one mode; returns the process exit code (0 also after a clean preemption)."""
     try:
         if mode == "train":
@@ -87,7 +115,7 @@ def main(config: ml_collections.ConfigDict, workdir: str, mode: str, images: Seq
         elif mode == "evaluate":
             evaluate_workdir(config, workdir)
         elif mode == "predict":
-            return 1 if predict_files(config, workdir, images) else 0
+            return 1 if predict_files(config, workdir, images, explain) else 0
         elif mode == "gallery":
             return 1 if gallery_files(config, workdir, images) else 0
         else:

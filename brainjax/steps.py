@@ -20,7 +20,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from brainjax import degrade, partition
+from brainjax import augmentations, degrade, models, partition
+
+
+AUGMENT_STREAM = 0x617567  # folded into the degradation key: the augmentation draws
 
 
 def model_variables(params: Any, batch_stats: Any) -> dict:
@@ -50,16 +53,21 @@ def global_indices(n: int, axis_name: str | None) -> jax.Array:
 
 def train_step(state: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *, model: Any,
                tx: optax.GradientTransformation, label_tree: Any, degrade_cfg: Mapping | None = None,
-               label_smoothing: float = 0.0, inputs: str = "images",
+               augment_cfg: Mapping | None = None, label_smoothing: float = 0.0, quality_loss_weight: float = 0.0,
+               inputs: str = "images",
                axis_name: str | None = None) -> tuple[Any, dict]:
     """One optimizer step on one (per-device) batch; returns summed metrics.
 
-    inputs="images": uint8 images, degraded on device per example, through the full
+    inputs="images": uint8 images, augmented (`augment_cfg`: appearance and pose) and then
+    degraded (`degrade_cfg`: acquisition quality) on device per example, through the full
     model. inputs="features": the batch holds cached backbone outputs and `model` is the
     head alone (`feature_cache.HeadOnly`): the same loss, optimizer and update rule.
     Only the trainable subtree is differentiated: the frozen base enters the loss as a
     constant, so XLA builds no backward pass through it. BatchNorm statistics are
     averaged over devices when the base trains them.
+    quality_loss_weight > 0 (model with a quality head, images only): adds that weight x
+    the binary cross-entropy between the quality head's logits and the strength of each
+    corruption this step applied to each example (degrade.augment_with_targets).
     """
     step_rng = jax.random.fold_in(rng, state.step)
     degrade_rng, dropout_rng = jax.random.split(step_rng)
@@ -67,9 +75,16 @@ def train_step(state: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *, mo
     n = labels.shape[0]
     if inputs == "images":
         x = to_float_images(batch["image"])
-        x = degrade.augment(x, degrade.example_keys(degrade_rng, global_indices(n, axis_name)), degrade_cfg or {})
+        index = global_indices(n, axis_name)
+        if augment_cfg:
+            # Its own key stream (the degradation draws are the same with or without it).
+            x = augmentations.apply(x, degrade.example_keys(jax.random.fold_in(degrade_rng, AUGMENT_STREAM), index),
+                                    augment_cfg)
+        x, quality_targets = degrade.augment_with_targets(x, degrade.example_keys(degrade_rng, index),
+                                                          degrade_cfg or {})
     else:
-        x = batch["image"]
+        x, quality_targets = batch["image"], None
+    with_quality = quality_loss_weight > 0 and quality_targets is not None
     if axis_name is not None:
         dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
 
@@ -77,9 +92,13 @@ def train_step(state: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *, mo
 
     def loss_fn(trainable_params):
         params = partition.merge(trainable_params, jax.lax.stop_gradient(frozen))
-        logits, new_vars = model.apply(model_variables(params, state.batch_stats), x, train=True,
-                                       rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+        out, new_vars = model.apply(model_variables(params, state.batch_stats), x, train=True,
+                                    with_quality=with_quality, rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+        logits = out[0] if with_quality else out
         loss = cross_entropy(logits, labels, label_smoothing).mean()
+        if with_quality:
+            quality_bce = optax.sigmoid_binary_cross_entropy(out[1].astype(jnp.float32), quality_targets)
+            loss = loss + quality_loss_weight * quality_bce.mean()
         return loss, (logits, new_vars.get("batch_stats", state.batch_stats))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
@@ -104,14 +123,19 @@ def train_step(state: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *, mo
 
 
 def eval_step(variables: Mapping, batch: Mapping[str, jax.Array], rng: jax.Array, level: jax.Array, *,
-              model: Any, corruption: str | None = None, axis_name: str | None = None) -> jax.Array:
+              model: Any, corruption: str | None = None, axis_name: str | None = None,
+              with_quality: bool = False) -> jax.Array | dict:
     """Logits for one batch, optionally under `corruption` at `level` (traced: one
     compilation per corruption serves every severity). Per-example keys come from the
     example's index in the split, so the corrupted test set is the same for any batch
     size, device count or process count. Takes model variables, not a TrainState, so
-    evaluation never needs an optimizer."""
+    evaluation never needs an optimizer. with_quality: {"logits", "quality"} with the
+    quality head's scan-quality score in [0, 1] (models.quality_score)."""
     del axis_name  # no collectives: the host gathers logits
     images = to_float_images(batch["image"])
     if corruption is not None:
         images = degrade.apply(images, degrade.example_keys(rng, batch["index"]), corruption, level)
-    return model.apply(variables, images, train=False)
+    if not with_quality:
+        return model.apply(variables, images, train=False)
+    logits, quality_logits = model.apply(variables, images, train=False, with_quality=True)
+    return {"logits": logits, "quality": models.quality_score(quality_logits)}

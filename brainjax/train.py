@@ -95,6 +95,12 @@ def cached_run(config: ml_collections.ConfigDict, model: Any, host_state: Any, p
     return source, validate
 
 
+def quality_loss_weight(config: ml_collections.ConfigDict) -> float:
+    """config.quality_loss_weight if the model has a quality head, else 0."""
+    head = config.model.get("quality_head")
+    return float(config.get("quality_loss_weight", 0.0)) if head and head.get("enabled") else 0.0
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from `workdir` if it holds a checkpoint), then evaluates the best
     model on the test split, clean and degraded; writes report.json. Returns the report."""
@@ -136,8 +142,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_model = models.create_model(config.model, pipeline.num_classes,
                                           bn_axis_name=parallel.AXIS if jax.device_count() > 1 else None,
                                           frozen_base="backbone" not in trainable)
+        augment_cfg = config.get("train_augment")
         step = functools.partial(steps.train_step, model=train_model, degrade_cfg=config.train_degrade.to_dict(),
-                                 **step_kwargs)
+                                 augment_cfg=augment_cfg.to_dict() if augment_cfg else None,
+                                 quality_loss_weight=quality_loss_weight(config), **step_kwargs)
     out = writers.default_writers(workdir)
     try:
         best, _ = loop.fit(config, workdir, state=host_state, step_fn=parallel.pmap_step(step, donate_state=True),

@@ -38,6 +38,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dropout = 0.3
     c.model.weights = "none"  # none | imagenet | /path/to/keras_weights.h5
     c.model.weights_dir = ml_collections.config_dict.placeholder(str)  # where `imagenet` looks first (then ~/.keras/models)
+    # Per-image intensity standardisation, the first step of the model's input path
+    # (brainjax/intensity.py): none | zscore | zscore_foreground | percentile.
+    c.model.standardize = "zscore"
+    c.model.standardize_percentiles = (0.5, 99.5)  # 'percentile': this range maps to [0, 1]
+    # Scan-quality head: predicts which corruptions the training step applied and how
+    # strongly (brainjax/degrade.py `strength`), from the backbone features; its loss is
+    # weighted by quality_loss_weight. Parameters live under 'quality_head/'.
+    c.model.quality_head = ml_collections.ConfigDict(dict(enabled=False, hidden=(64,)))
+    c.quality_loss_weight = 0.5
     c.model.base_batchnorm_train = True  # the tiny CNN trains from scratch
     c.model.dtype = "float32"
     # Regexes over parameter paths ('backbone/block1_conv1/kernel', 'head/logits/bias').
@@ -76,6 +85,12 @@ def get_config() -> ml_collections.ConfigDict:
         downsample=(0.3, 0.8),  # kept fraction of the side
     ))
 
+    # Appearance augmentations (brainjax/augmentations.py), per example on device, before
+    # the degradations above; prob 0 turns them off. Each op is applied with prob `prob`.
+    c.train_augment = ml_collections.ConfigDict(dict(
+        prob=0.0, gamma=(0.7, 1.5), brightness=(-0.1, 0.1), contrast=(0.6, 1.4), bias_field=(0.0, 0.4),
+        rotate_deg=10.0, scale=(0.9, 1.1), translate=0.05))
+
     # Evaluation: clean + each corruption at each severity (brainjax.degrade constants).
     # reference_report: report.json of a reference model (e.g. this config trained with
     # train_degrade.recipe=none) -> corruption errors and mCE in the summary.
@@ -84,6 +99,13 @@ def get_config() -> ml_collections.ConfigDict:
                      "kspace_undersample", "motion_ghosting", "bias_field", "contrast", "jpeg"),
         severities=(1, 2, 3, 4, 5)))
     c.eval.reference_report = ml_collections.config_dict.placeholder(str)
+    # Calibration (temperature fitted on val_split) and selective prediction: the abstention
+    # rule keeps a prediction when its score reaches a threshold fitted on val_split for
+    # abstain_target_accuracy. Rules: max_prob (calibrated top probability) | quality
+    # (that times the quality head's estimate; needs model.quality_head.enabled).
+    c.eval.calibration = True
+    c.eval.abstain_rule = "max_prob"
+    c.eval.abstain_target_accuracy = 0.95
     c.eval.extra_splits = ()  # more splits to report (e.g. validation, test_dedup)
     # The seed project's protocol: each image + one fixed degraded copy, scored mixed and
     # separately (set to a split name, e.g. 'validation', to report it).

@@ -19,6 +19,8 @@ def get_config():
     c.test_split = "test_dedup"
     c.eval.extra_splits = ("test", "validation")
     c.eval.seed_protocol_split = "validation"
+    # The issue-13 baseline: no intensity standardisation (configs/sartaj_robust.py has it).
+    c.model.standardize = "none"
     c.num_epochs = 40
     c.early_stopping.patience = 8
     return c

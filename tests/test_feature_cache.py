@@ -3,6 +3,7 @@
 import functools
 
 import jax
+from conftest import restore_run
 import numpy as np
 from flax import traverse_util
 
@@ -89,7 +90,7 @@ def test_engine_feature_cache_run_checkpoints_and_resumes(smoke_config, tmp_path
 def test_engine_feature_cache_resumes_like_the_image_path(smoke_config, tmp_path):
     """Interrupted after epoch 1 and rerun, the cached path ends with the parameters and
     optimizer state of an uninterrupted run (the one loop's resume)."""
-    from brainjax import checkpoint
+
 
     c = _cached_config(smoke_config, tmp_path)
     c.eval.corruptions, c.eval.seed_protocol_split = (), ""
@@ -101,16 +102,7 @@ def test_engine_feature_cache_resumes_like_the_image_path(smoke_config, tmp_path
     train.train_and_evaluate(first, resumed)
     train.train_and_evaluate(c, resumed)
 
-    def restored(workdir):
-        model = models.create_model(c.model, 4)
-        template, _, _ = state_lib.create_train_state(c, model, 4, jax.random.key(0), 1)
-        ckpt = checkpoint.Checkpoints(workdir)
-        try:
-            return ckpt.restore(template, {"params": template.params, "batch_stats": template.batch_stats})
-        finally:
-            ckpt.close()
-
-    (sa, _, la), (sb, _, lb) = restored(straight), restored(resumed)
+    (sa, _, la), (sb, _, lb) = restore_run(straight, c), restore_run(resumed, c)
     assert la["epoch"] == lb["epoch"] == 3 and int(sa.step) == int(sb.step) == 3 * 45
     assert lb["lr_scale"] == la["lr_scale"]
     for a, b in zip(jax.tree.leaves((sa.params, sa.opt_state)), jax.tree.leaves((sb.params, sb.opt_state))):

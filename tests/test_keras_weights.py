@@ -9,6 +9,7 @@ import time
 import h5py
 import jax
 import numpy as np
+from conftest import restore_run
 import pytest
 
 keras = pytest.importorskip("keras")
@@ -177,8 +178,6 @@ def test_frozen_transfer_through_launch(saved, tmp_path, data_dir):
     """A loaded, frozen VGG16 base + enhanced head trains through launch.py; base unchanged."""
     from flax import traverse_util
 
-    from brainjax import checkpoint, models
-    from brainjax import state as state_lib
     from configs import smoke
 
     model_k, path = saved["vgg16"]
@@ -186,18 +185,18 @@ def test_frozen_transfer_through_launch(saved, tmp_path, data_dir):
     overrides = ["--config.model.backbone=vgg16", f"--config.model.weights={path}", "--config.trainable=('^head/',)",
                  "--config.model.head=enhanced", "--config.model.head_hidden=(64,32)", "--config.num_epochs=1"]
     cmd = [sys.executable, "launch.py", f"--workdir={workdir}", "--config=configs/smoke.py",
-           f"--config.data_dir={data_dir}", "--config.eval.corruptions=()", *overrides]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+           f"--config.data_dir={data_dir}", "--config.eval.corruptions=()", "--config.train_split=train[:40%]",
+           *overrides]
+    # one device: VGG16 on 8 fake devices of a 2-core machine is mostly overhead
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     config = smoke.get_config()
     config.model.backbone = "vgg16"
     config.model.head_hidden = (64, 32)
     config.trainable = ("^head/",)
     model = models.create_model(config.model, 4)
-    template, _, _ = state_lib.create_train_state(config, model, 4, jax.random.key(0), 1)
-    ckpt = checkpoint.Checkpoints(str(workdir))
-    state, _, loop = ckpt.restore(template, {"params": template.params, "batch_stats": template.batch_stats})
-    ckpt.close()
+    state, _, loop = restore_run(str(workdir), config)
     assert int(state.step) > 0
     base = traverse_util.flatten_dict(jax.device_get(state.params)["backbone"])
     for layer in model_k.layers:

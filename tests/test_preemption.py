@@ -23,14 +23,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVERY = 4  # checkpoint_every_steps in these runs
 SPE = 22  # steps per epoch: 720 training images of brain_phantom/small, batch 32
 EPOCHS = 3
-# 4 fake devices, 48 px, a tiny CNN with BatchNorm and dropout.
+# 2 fake devices, 48 px, a tiny CNN with BatchNorm and dropout.
 OVERRIDES = ["--config=configs/smoke.py", "--config.num_epochs=3", "--config.image_size=48",
              "--config.model.tiny.widths=(8,16,32)", "--config.model.tiny.convs_per_block=2",
              "--config.model.tiny.batchnorm=True", "--config.model.base_batchnorm_train=True",
              "--config.model.dropout=0.2", "--config.early_stopping.enabled=False", "--config.log_every_steps=1",
              f"--config.checkpoint_every_steps={EVERY}", "--config.eval.corruptions=('gaussian_noise',)",
              "--config.eval.severities=(3,)"]
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
 
 def _cmd(workdir, data_dir, *extra):

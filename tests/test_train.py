@@ -152,17 +152,18 @@ def test_benchmark_seed_protocol_end_to_end_small():
 
 
 def test_benchmark_gpu_mode_runs_on_the_cpu_backend(monkeypatch, tmp_path):
-    """The one-call GPU script's code path (bf16, batch 256, no Keras/TF parts), shrunk."""
+    """The one-call GPU script's code path (bf16, batch 256, no Keras/TF parts), shrunk to
+    the tiny CNN (bf16 convolutions are emulated, slowly, on the CPU backend)."""
     import json
 
     from brainjax import benchmark
 
-    monkeypatch.setattr(benchmark, "_settings", lambda args: ([("vgg16", 32)], [("vgg16", 32)], {}))
+    monkeypatch.setattr(benchmark, "_settings", lambda args: ([("tiny", 32)], [("tiny", 32)], {}))
     monkeypatch.setattr(benchmark, "pipeline_rate", lambda *a: None)
     out = tmp_path / "b.json"
     result = benchmark.main(["--gpu", "--no_torch", "--repeats", "1", "--matmul_n", "256", "--out", str(out)])
     assert result["dtype"] == "bfloat16" and result["batch"] == 256
-    row = json.loads(out.read_text())["brainjax"]["vgg16@32"]
+    row = json.loads(out.read_text())["brainjax"]["tiny@32"]
     assert row["frozen_img_s"] > 0 and row["finetune_img_s"] > 0 and 0 < row["frozen_peak_fraction"]
     assert result["frozen_step_ratio_vs_keras"] is None  # no Keras on the GPU path
 

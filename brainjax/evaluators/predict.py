@@ -21,10 +21,12 @@ from brainjax import degrade, parallel, steps
 
 
 def make_eval_fns(model: Any, corruptions: tuple[str, ...] = (), seed_protocol: bool = False) -> dict[str | None, Callable]:
-    """pmapped eval steps: None -> clean, name -> under that corruption (+ the seed chain)."""
+    """pmapped eval steps: None -> clean, name -> under that corruption (+ the seed chain).
+    A model with a quality head also returns its scan-quality score per example."""
     names = (None, *corruptions, *((degrade.SEED_CHAIN,) if seed_protocol else ()))
-    return {name: parallel.pmap_step(functools.partial(steps.eval_step, model=model, corruption=name),
-                                     num_broadcast=2)
+    with_quality = getattr(model, "quality_head", None) is not None
+    return {name: parallel.pmap_step(functools.partial(steps.eval_step, model=model, corruption=name,
+                                                       with_quality=with_quality), num_broadcast=2)
             for name in names}
 
 
@@ -39,23 +41,30 @@ def _flat(x: np.ndarray) -> np.ndarray:
     return x.reshape(-1, *x.shape[2:])
 
 
-def predict_split(eval_fn: Callable, rvariables: Any, batches: Iterable[Mapping[str, np.ndarray]],
-                  rng: jax.Array, level: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(logits, labels, indices) of every example of the split, in split order, gathered
-    from all processes (host numpy). `rvariables`: replicated model variables."""
-    logits, labels, indices, masks = [], [], [], []
+def predict_outputs(eval_fn: Callable, rvariables: Any, batches: Iterable[Mapping[str, np.ndarray]],
+                    rng: jax.Array, level: float = 0.0) -> dict[str, np.ndarray]:
+    """{"logits", "label", "index"[, "quality"]} of every example of the split, in split
+    order, gathered from all processes (host numpy). `rvariables`: replicated variables."""
+    outputs, labels, indices, masks = [], [], [], []
     level = np.float32(level)
     for batch in batches:
         out = eval_fn(rvariables, parallel.shard({k: v for k, v in batch.items() if k != "mask"}), rng, level)
-        logits.append(out)  # device arrays: fetched after the loop, dispatch is not stalled
+        outputs.append(out if isinstance(out, dict) else {"logits": out})  # fetched after the loop
         labels.append(_flat(batch["label"]))
         indices.append(_flat(batch["index"]))
         masks.append(batch["mask"].reshape(-1))
-    local = {"logits": np.concatenate([_flat(np.asarray(x)) for x in logits]).astype(np.float32),
-             "label": np.concatenate(labels).astype(np.int32), "index": np.concatenate(indices).astype(np.int32),
-             "mask": np.concatenate(masks)}
+    local = {k: np.concatenate([_flat(np.asarray(o[k])) for o in outputs]).astype(np.float32) for k in outputs[0]}
+    local.update({"label": np.concatenate(labels).astype(np.int32), "index": np.concatenate(indices).astype(np.int32),
+                  "mask": np.concatenate(masks)})
     every = parallel.gather_from_processes(local)
     every = {k: v.reshape(-1, *v.shape[2:]) for k, v in every.items()}
     keep = every["mask"] > 0
     order = np.argsort(every["index"][keep], kind="stable")
-    return every["logits"][keep][order], every["label"][keep][order], every["index"][keep][order]
+    return {k: v[keep][order] for k, v in every.items() if k != "mask"}
+
+
+def predict_split(eval_fn: Callable, rvariables: Any, batches: Iterable[Mapping[str, np.ndarray]],
+                  rng: jax.Array, level: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits, labels, indices) of every example of the split (see `predict_outputs`)."""
+    out = predict_outputs(eval_fn, rvariables, batches, rng, level)
+    return out["logits"], out["label"], out["index"]

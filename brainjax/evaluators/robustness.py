@@ -7,7 +7,12 @@ report:
    "clean": METRICS,
    "degraded": {corruption: {severity: METRICS + {"level"}}},
    "summary": {"clean_accuracy", "mean_degraded_accuracy", "per_corruption_accuracy", ...},
-   "other_splits": {split: same keys}, "seed_protocol": {...}}
+   "other_splits": {split: same keys}, "seed_protocol": {...},
+   "calibration": {"temperature", "clean": {ece/nll/brier _before/_after}, "degraded_mean": same,
+                   "reliability": bins clean before/after},
+   "selective": {"rule", "target_accuracy", "threshold", "clean": {"aurc", "accuracy_at_80",
+                 "accuracy_at_90", "coverage_at_threshold", "accuracy_at_threshold"},
+                 "degraded_mean": same, "curves": risk-coverage points}}
 METRICS = accuracy, macro F1, loss, per-class precision/recall/F1/support, confusion
 matrix (rows = true class, columns = predicted; sums to the split size), 95% CIs.
 """
@@ -24,26 +29,34 @@ import numpy as np
 
 from brainjax import degrade
 from brainjax.errors import UserError
+from brainjax.evaluators import calibration
 from brainjax.evaluators.metrics import classification_metrics, summarize
-from brainjax.evaluators.predict import predict_split
+from brainjax.evaluators.predict import predict_outputs, predict_split
 
 log = logging.getLogger("brainjax")
 
 
 def robustness_grid(eval_fns: Mapping[str | None, Callable], rvariables: Any, batches_fn: Callable,
                     rng: jax.Array, class_names: Sequence[str], corruptions: Sequence[str],
-                    severities: Sequence[int]) -> tuple[dict, dict]:
-    """(clean metrics, {corruption: {severity: metrics}}) over one split."""
-    logits, labels, _ = predict_split(eval_fns[None], rvariables, batches_fn(), rng)
-    clean = classification_metrics(labels, logits, class_names)
+                    severities: Sequence[int], predictions: dict | None = None) -> tuple[dict, dict]:
+    """(clean metrics, {corruption: {severity: metrics}}) over one split. If
+    `predictions` is a dict, it receives the outputs (predict_outputs) of every cell,
+    keyed None (clean) or (corruption, severity), for calibration and abstention."""
+    out = predict_outputs(eval_fns[None], rvariables, batches_fn(), rng)
+    clean = classification_metrics(out["label"], out["logits"], class_names)
+    if predictions is not None:
+        predictions[None] = out
     degraded: dict = {}
     for ci, name in enumerate(corruptions):
         degraded[name] = {}
         for severity in severities:
             level = degrade.level_for(name, severity)
             key = jax.random.fold_in(jax.random.fold_in(rng, ci + 1), severity)
-            logits, labels, _ = predict_split(eval_fns[name], rvariables, batches_fn(), key, level)
-            degraded[name][str(severity)] = {"level": level, **classification_metrics(labels, logits, class_names)}
+            out = predict_outputs(eval_fns[name], rvariables, batches_fn(), key, level)
+            if predictions is not None:
+                predictions[(name, severity)] = out
+            degraded[name][str(severity)] = {"level": level,
+                                             **classification_metrics(out["label"], out["logits"], class_names)}
     return clean, degraded
 
 
@@ -59,11 +72,11 @@ def load_reference(path: str | None) -> dict | None:
 
 
 def evaluate_split(config: Any, eval_fns: Mapping, rvariables: Any, pipeline: Any, split: str, rng: jax.Array,
-                   reference: dict | None = None) -> dict:
+                   reference: dict | None = None, predictions: dict | None = None) -> dict:
     """Clean + degraded metrics on one split, with its size and dedup status."""
     clean, degraded = robustness_grid(eval_fns, rvariables, lambda: pipeline.eval_batches(split), rng,
                                       pipeline.class_names, tuple(config.eval.corruptions),
-                                      tuple(config.eval.severities))
+                                      tuple(config.eval.severities), predictions)
     ref = None
     if reference is not None:
         ref = reference if reference.get("split") == split else reference.get("other_splits", {}).get(split)
@@ -97,8 +110,19 @@ def seed_protocol(eval_fns: Mapping, rvariables: Any, pipeline: Any, split: str,
 def evaluate(config: Any, eval_fns: Mapping, rvariables: Any, pipeline: Any, rng: jax.Array) -> dict:
     """The report of config.test_split (+ config.eval.extra_splits, + the seed protocol)."""
     reference = load_reference(config.eval.get("reference_report"))
-    main = evaluate_split(config, eval_fns, rvariables, pipeline, config.test_split, rng, reference)
+    predictions: dict = {}
+    main = evaluate_split(config, eval_fns, rvariables, pipeline, config.test_split, rng, reference, predictions)
     report = {"dataset": config.dataset, "class_names": pipeline.class_names, **main}
+    if config.eval.get("calibration", True):
+        validation = predict_outputs(eval_fns[None], rvariables, pipeline.eval_batches(config.val_split), rng)
+        report["calibration"], report["selective"] = calibrate(
+            validation, predictions, float(config.eval.get("abstain_target_accuracy", 0.95)),
+            config.eval.get("abstain_rule", "max_prob"))
+        cal, sel = report["calibration"], report["selective"]
+        log.info("calibration: T=%.3f (fitted on %s); clean ECE %.4f -> %.4f; selective (%s): threshold %.3f keeps "
+                 "%.1f%% of clean test at accuracy %.4f", cal["temperature"], config.val_split,
+                 cal["clean"]["ece_before"], cal["clean"]["ece_after"], sel["rule"], sel["threshold"],
+                 100 * sel["clean"]["coverage_at_threshold"], sel["clean"]["accuracy_at_threshold"])
     extra = [s for s in config.eval.get("extra_splits", ()) if s != config.test_split]
     if extra:
         report["other_splits"] = {s: evaluate_split(config, eval_fns, rvariables, pipeline, s, rng, reference)
@@ -112,3 +136,82 @@ def evaluate(config: Any, eval_fns: Mapping, rvariables: Any, pipeline: Any, rng
              main["clean"]["macro_f1"],
              ", ".join(f"{n} {a:.3f}" for n, a in main["summary"]["per_corruption_accuracy"].items()))
     return report
+
+
+def _curve_points(scores: np.ndarray, correct: np.ndarray, points: int = 101) -> dict:
+    coverage, accuracy = calibration.risk_coverage(scores, correct)
+    grid = np.linspace(0.0, 1.0, points)[1:]
+    picked = np.minimum(np.searchsorted(coverage, grid - 1e-12), len(coverage) - 1)
+    return {"coverage": [float(c) for c in grid], "accuracy": [float(accuracy[i]) for i in picked]}
+
+
+def _selective_cell(scores: np.ndarray, correct: np.ndarray, threshold: float) -> dict:
+    kept = scores >= threshold
+    return {**calibration.selective_metrics(scores, correct),
+            "coverage_at_threshold": float(kept.mean()),
+            # nothing kept: no error among the kept (selective risk 0 by convention)
+            "accuracy_at_threshold": float(correct[kept].mean()) if kept.any() else 1.0}
+
+
+ABSTAIN_RULES = ("max_prob", "quality")
+
+
+def abstain_score(probs: np.ndarray, quality: np.ndarray | None, rule: str) -> np.ndarray:
+    """The confidence score an abstention rule thresholds: 'max_prob' the calibrated top
+    probability; 'quality' that times the quality head's scan-quality estimate in [0, 1]
+    (a confident prediction on a scan that looks badly degraded is still doubted)."""
+    if rule == "max_prob":
+        return probs.max(-1)
+    if rule == "quality":
+        if quality is None:
+            raise UserError("eval.abstain_rule='quality' needs a quality head: set model.quality_head.enabled=True")
+        return probs.max(-1) * quality
+    raise UserError(f"eval.abstain_rule must be one of {ABSTAIN_RULES}, got {rule!r}")
+
+
+def calibrate(validation: Mapping, predictions: Mapping, target_accuracy: float, rule: str = "max_prob"
+              ) -> tuple[dict, dict]:
+    """(report["calibration"], report["selective"]) from the validation outputs (where T
+    and the abstention thresholds are fitted) and the test grid's outputs ({None: clean,
+    (corruption, severity): ...}, each predict_outputs' dict: logits, label[, quality]).
+
+    Every available rule is scored (under "rules"); the top-level keys are `rule`'s.
+    A rule keeps a prediction when its score (`abstain_score`) reaches the threshold
+    fitted on validation for `target_accuracy`."""
+    temperature = calibration.fit_temperature(validation["logits"], validation["label"])
+    has_quality = "quality" in validation
+    rules = [r for r in ABSTAIN_RULES if r != "quality" or has_quality]
+    if rule not in rules:
+        abstain_score(validation["logits"], None, rule)  # the clear error
+    val_probs = calibration.softmax(validation["logits"], temperature)
+    val_correct = val_probs.argmax(-1) == validation["label"]
+    thresholds = {r: calibration.fit_threshold(abstain_score(val_probs, validation.get("quality"), r), val_correct,
+                                               target_accuracy) for r in rules}
+    cal_cells, sel_cells = {}, {r: {} for r in rules}
+    scored = {}
+    for key, out in predictions.items():
+        probs = calibration.softmax(out["logits"], temperature)
+        correct = probs.argmax(-1) == out["label"]
+        cal_cells[key] = calibration.calibration_metrics(out["logits"], out["label"], temperature)
+        for r in rules:
+            score = abstain_score(probs, out.get("quality"), r)
+            sel_cells[r][key] = _selective_cell(score, correct, thresholds[r])
+            scored.setdefault(r, {})[key] = (score, correct)
+    degraded = [k for k in predictions if k is not None]
+    mean = lambda cells: calibration.mean_over({str(k): cells[k] for k in degraded}) if degraded else {}
+    clean = predictions[None]
+    bins = {name: {k: [float(v) for v in vals] for k, vals in
+                   calibration.reliability_bins(calibration.softmax(clean["logits"], t), clean["label"]).items()}
+            for name, t in (("before", 1.0), ("after", temperature))}
+    cal = {"temperature": temperature, "fitted_on": "validation", "clean": cal_cells[None],
+           "degraded_mean": mean(cal_cells), "reliability": bins, "bins": calibration.ECE_BINS}
+    by_rule = {}
+    for r in rules:
+        curves = {"clean": _curve_points(*scored[r][None])}
+        if degraded:
+            curves["degraded"] = _curve_points(np.concatenate([scored[r][k][0] for k in degraded]),
+                                               np.concatenate([scored[r][k][1] for k in degraded]))
+        by_rule[r] = {"threshold": thresholds[r], "clean": sel_cells[r][None], "degraded_mean": mean(sel_cells[r]),
+                      "curves": curves}
+    sel = {"rule": rule, "target_accuracy": target_accuracy, **by_rule[rule], "rules": by_rule}
+    return cal, sel

@@ -10,10 +10,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from brainjax.models.classifier import Classifier
+from brainjax import degrade, intensity
+from brainjax.models.classifier import Classifier, quality_score
 from brainjax.models import keras_weights
 from brainjax.models.heads import ClassifierHead, make_head
 from brainjax.models.resnet_v2 import ResNetV2, resnet50v2
+from brainjax.models.small_resnet import SmallResNet
 from brainjax.models.tiny import TinyCNN
 from brainjax.models.vgg import VGG, vgg16, vgg19
 
@@ -22,6 +24,7 @@ BACKBONES: Mapping[str, Callable[..., nn.Module]] = {
     "vgg19": vgg19,
     "resnet50v2": resnet50v2,
     "tiny": TinyCNN,
+    "small_resnet": SmallResNet,
 }
 
 
@@ -32,7 +35,14 @@ def make_backbone(name: str, dtype: Any = jnp.float32, **kwargs) -> nn.Module:
 
 
 # Backbones with BatchNorm: their batch statistics can be synchronised over a device axis.
-BATCHNORM_BACKBONES = ("tiny", "resnet50v2")
+BATCHNORM_BACKBONES = ("tiny", "resnet50v2", "small_resnet")
+
+
+def make_quality_head(quality_cfg: Mapping[str, Any] | None) -> ClassifierHead | None:
+    """The scan-quality head (one logit per corruption of degrade.NAMES) if enabled."""
+    if not quality_cfg or not quality_cfg.get("enabled", False):
+        return None
+    return ClassifierHead(len(degrade.NAMES), tuple(quality_cfg.get("hidden", (64,))), 0.0)
 
 
 def create_model(model_cfg: Mapping[str, Any], num_classes: int, *, bn_axis_name: str | None = None,
@@ -43,8 +53,12 @@ def create_model(model_cfg: Mapping[str, Any], num_classes: int, *, bn_axis_name
     with (and updates) statistics over the whole global batch, whatever the device split.
     frozen_base: the base trains no parameter, so its BatchNorm runs in inference mode and
     its statistics never change (Keras semantics for a frozen base), whatever
-    model.base_batchnorm_train says. Parameters are the same for every choice."""
+    model.base_batchnorm_train says. Parameters are the same for every choice.
+    model_cfg.quality_head.enabled: a scan-quality head under 'quality_head' (see Classifier)."""
     dtype = jnp.dtype(model_cfg.get("dtype", "float32"))
+    # Configs and checkpoints from before intensity standardisation existed mean 'none'.
+    standardize = model_cfg.get("standardize", "none")
+    intensity.check_method(standardize)
     # Per-backbone options live under the backbone's name (e.g. config.model.tiny.widths).
     backbone_options = dict(model_cfg.get(model_cfg["backbone"], None) or {})
     if bn_axis_name is not None and model_cfg["backbone"] in BATCHNORM_BACKBONES:
@@ -54,6 +68,9 @@ def create_model(model_cfg: Mapping[str, Any], num_classes: int, *, bn_axis_name
         head=make_head(model_cfg["head"], num_classes, model_cfg.get("head_hidden", (1024, 512)),
                        model_cfg.get("dropout", 0.5)),
         base_batchnorm_train=bool(model_cfg.get("base_batchnorm_train", False)) and not frozen_base,
+        standardize=standardize,
+        quality_head=make_quality_head(model_cfg.get("quality_head")),
+        standardize_percentiles=tuple(model_cfg.get("standardize_percentiles", (0.5, 99.5))),
     )
 
 
@@ -73,6 +90,6 @@ def init_variables(model: nn.Module, rng: jax.Array, image_shape: tuple[int, int
 
 
 __all__ = [
-    "BACKBONES", "Classifier", "ClassifierHead", "ResNetV2", "TinyCNN", "VGG",
-    "create_model", "init_variables", "make_backbone", "make_head", "pretrained", "resnet50v2", "vgg16", "vgg19",
+    "BACKBONES", "Classifier", "ClassifierHead", "ResNetV2", "SmallResNet", "TinyCNN", "VGG",
+    "create_model", "init_variables", "make_backbone", "make_head", "make_quality_head", "quality_score", "pretrained", "resnet50v2", "vgg16", "vgg19",
 ]

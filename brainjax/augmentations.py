@@ -1,0 +1,118 @@
+"""Training-time appearance augmentations, on device, per example (config `train_augment`).
+
+Scans from another hospital differ from the training scans in intensity response
+(gamma, brightness, contrast), coil inhomogeneity (bias field) and head position and
+size. These augmentations draw such a variation per example, inside the jitted train
+step, from the example's own key (so a run is reproducible and independent of the
+device layout, like `degrade.augment`). They act on the clean image *before* the
+acquisition corruptions of `train_degrade`: first the scan varies, then its quality.
+
+dm-pix supplies the ops (`adjust_gamma`, `adjust_brightness`, `adjust_contrast`,
+`affine_transform`); the bias field is brainjax's own corruption (`degrade.bias_field`).
+
+cfg fields (a field that is None or absent turns its op off):
+  prob: probability that each op is applied to an image (independently per op);
+  gamma: (low, high) exponent; brightness: (low, high) additive delta on [0, 1];
+  contrast: (low, high) factor around the image mean; bias_field: (low, high) log amplitude;
+  rotate_deg: max |rotation| in degrees; scale: (low, high) zoom; translate: max |shift|
+  as a fraction of the side.
+Output stays in [0, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import dm_pix as pix
+import jax
+import jax.numpy as jnp
+
+from brainjax import degrade
+from brainjax.errors import UserError
+
+INTENSITY_OPS: tuple[str, ...] = ("gamma", "brightness", "contrast", "bias_field")
+GEOMETRY_FIELDS: tuple[str, ...] = ("rotate_deg", "scale", "translate")
+FIELDS: tuple[str, ...] = ("prob",) + INTENSITY_OPS + GEOMETRY_FIELDS
+
+
+def affine_matrix(angle: jax.Array, scale: jax.Array, shift: jax.Array, height: int, width: int
+                  ) -> tuple[jax.Array, jax.Array]:
+    """(matrix, offset) for `pix.affine_transform` on an [H, W, C] image: rotation by
+    `angle` (radians) and zoom by `scale` about the centre, then a shift of `shift`
+    ([dy, dx], pixels). affine_transform maps *output* coordinates to input ones, hence
+    the inverse rotation and 1/scale."""
+    c, s = jnp.cos(angle) / scale, jnp.sin(angle) / scale
+    matrix = jnp.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    centre = jnp.array([(height - 1) / 2.0, (width - 1) / 2.0, 0.0])
+    offset = centre - matrix @ centre - jnp.concatenate([shift, jnp.zeros(1)])
+    return matrix, offset
+
+
+def _uniform(key: jax.Array, bounds) -> jax.Array:
+    low, high = (float(b) for b in bounds)
+    return jax.random.uniform(key, (), minval=low, maxval=high)
+
+
+def _geometry(image: jax.Array, key: jax.Array, cfg: Mapping) -> jax.Array:
+    k_angle, k_scale, k_shift = jax.random.split(key, 3)
+    height, width = image.shape[:2]
+    max_angle = jnp.deg2rad(float(cfg.get("rotate_deg") or 0.0))
+    angle = jax.random.uniform(k_angle, (), minval=-max_angle, maxval=max_angle)
+    scale = _uniform(k_scale, cfg.get("scale") or (1.0, 1.0))
+    max_shift = float(cfg.get("translate") or 0.0) * jnp.array([height, width], jnp.float32)
+    shift = jax.random.uniform(k_shift, (2,), minval=-max_shift, maxval=max_shift)
+    matrix, offset = affine_matrix(angle, scale, shift, height, width)
+    # Outside the field of view is background (0), as in a scan.
+    return pix.affine_transform(image, matrix, offset=offset, order=1, mode="constant", cval=0.0)
+
+
+def _intensity(image: jax.Array, op: str, key: jax.Array, bounds) -> jax.Array:
+    k_level, k_op = jax.random.split(key)
+    level = _uniform(k_level, bounds)
+    if op == "gamma":
+        return pix.adjust_gamma(image, level, assume_in_bounds=True)
+    if op == "brightness":
+        return pix.adjust_brightness(image, level)
+    if op == "contrast":
+        return pix.adjust_contrast(image, level)
+    return degrade.bias_field(image, k_op, level)
+
+
+def augment_one(image: jax.Array, key: jax.Array, cfg: Mapping) -> jax.Array:
+    """One image [H, W, C] in [0, 1]: affine (if any geometry field is set), then each
+    intensity op in a fixed order, each with probability cfg.prob; clipped to [0, 1]."""
+    prob = float(cfg.get("prob", 0.0))
+    keys = jax.random.split(key, 2 * (1 + len(INTENSITY_OPS)))
+    out = image
+    if any(cfg.get(f) for f in GEOMETRY_FIELDS):
+        moved = _geometry(out, keys[0], cfg)
+        out = jnp.where(jax.random.bernoulli(keys[1], prob), moved, out)
+    for i, op in enumerate(INTENSITY_OPS, start=1):
+        if cfg.get(op) is None:
+            continue
+        changed = jnp.clip(_intensity(out, op, keys[2 * i], cfg[op]), 0.0, 1.0)
+        out = jnp.where(jax.random.bernoulli(keys[2 * i + 1], prob), changed, out)
+    return jnp.clip(out, 0.0, 1.0)
+
+
+def apply(images: jax.Array, keys: jax.Array, cfg: Mapping | None) -> jax.Array:
+    """Augments a batch [N, H, W, C] in [0, 1] with one key per example (see module doc).
+    A missing cfg or prob <= 0 returns the images unchanged."""
+    cfg = dict(cfg or {})
+    check_config(cfg)
+    if float(cfg.get("prob", 0.0)) <= 0:
+        return images
+    return jax.vmap(lambda im, k: augment_one(im, k, cfg))(images, keys)
+
+
+def check_config(cfg: Mapping) -> None:
+    """A clear error for a misspelt field or a malformed range (not a deep trace)."""
+    unknown = sorted(set(cfg) - set(FIELDS))
+    if unknown:
+        raise UserError(f"train_augment has unknown field(s) {unknown}; known: {list(FIELDS)}")
+    for name in ("gamma", "brightness", "contrast", "bias_field", "scale"):
+        value = cfg.get(name)
+        if value is not None and (len(tuple(value)) != 2 or float(value[0]) > float(value[1])):
+            raise UserError(f"train_augment.{name} must be a (low, high) pair with low <= high, got {value!r}")
+    if cfg.get("gamma") is not None and float(cfg["gamma"][0]) <= 0:
+        raise UserError(f"train_augment.gamma must be positive, got {cfg['gamma']!r}")

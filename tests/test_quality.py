@@ -1,0 +1,85 @@
+"""The scan-quality head: its targets are what `degrade.augment` applied, and it trains."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from brainjax import degrade, models, partition, steps
+from brainjax import state as state_lib
+from brainjax.data import phantom
+
+
+def _images(n=24, size=32):
+    x = np.stack([phantom.generate_slice(1, i, i % 4, size) for i in range(n)])
+    return jnp.asarray(x, jnp.float32) / 255.0
+
+
+@pytest.mark.parametrize("recipe", ["chain", "one", "augmix"])
+def test_quality_targets_match_what_augment_applied(recipe):
+    """Severity 0 (all targets 0) <=> the image is unchanged; the images are exactly those
+    of `augment` (the targets cost the training recipe nothing)."""
+    cfg = {"recipe": recipe, "prob": 0.5, "max_ops": 2, "gaussian_noise": (0.02, 0.2), "gaussian_blur": (0.5, 5.0),
+           "contrast": (0.1, 0.6)}
+    x = _images()
+    keys = degrade.example_keys(jax.random.key(7), jnp.arange(x.shape[0]))
+    out, targets = jax.jit(lambda x, k: degrade.augment_with_targets(x, k, cfg))(x, keys)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(jax.jit(lambda x, k: degrade.augment(x, k, cfg))(x, keys)))
+    targets = np.asarray(targets)
+    assert targets.shape == (x.shape[0], len(degrade.NAMES))
+    assert targets.min() >= 0.0 and targets.max() <= 1.0
+    changed = np.abs(np.asarray(out) - np.asarray(x)).max(axis=(1, 2, 3)) > 0
+    clean = targets.max(axis=1) == 0
+    np.testing.assert_array_equal(clean, ~changed)
+    assert 0 < clean.sum() < len(clean)  # prob 0.5: both kinds occur
+    # Only the configured corruptions are ever named.
+    unused = [i for i, nm in enumerate(degrade.NAMES) if nm not in cfg]
+    assert targets[:, unused].max() == 0.0
+    if recipe == "one":
+        assert ((targets > 0).sum(axis=1) <= 1).all()
+
+
+def test_quality_target_is_the_level_on_the_severity_scale():
+    """A fixed level gives the target `strength(level)`: noise std 0.18 is severity 3 (0.6)."""
+    cfg = {"recipe": "one", "prob": 1.0, "gaussian_noise": (0.18, 0.18)}
+    x = _images(n=4)
+    _, targets = degrade.augment_with_targets(x, degrade.example_keys(jax.random.key(0), jnp.arange(4)), cfg)
+    np.testing.assert_allclose(np.asarray(targets[:, degrade.NAMES.index("gaussian_noise")]), 0.6, atol=1e-6)
+
+
+def _config(weight):
+    from configs import smoke
+
+    c = smoke.get_config()
+    c.model.quality_head = ml_collections.ConfigDict(dict(enabled=True, hidden=(16,)))
+    c.quality_loss_weight = weight
+    return c
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_quality_head_learns_only_from_its_loss(weight):
+    c = _config(weight)
+    model = models.create_model(c.model, 4)
+    host, tx, labels = state_lib.create_train_state(c, model, 4, jax.random.key(0), 10)
+    assert "quality_head" in host.params
+    cfg = {"recipe": "one", "prob": 1.0, "gaussian_noise": (0.05, 0.3)}
+    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, label_tree=labels, degrade_cfg=cfg,
+                                     quality_loss_weight=weight))
+    batch = {"image": (np.asarray(_images(16)) * 255).astype(np.uint8), "label": np.arange(16) % 4}
+    new, metrics = step(host, batch, jax.random.key(1))
+    before = traverse_util.flatten_dict(jax.device_get(host.params["quality_head"]))
+    after = traverse_util.flatten_dict(jax.device_get(new.params["quality_head"]))
+    moved = max(float(np.abs(after[k] - before[k]).max()) for k in before)
+    if weight == 0.0:
+        assert moved == 0.0  # no loss on it, no gradient: Adam leaves it exactly
+    else:
+        assert moved > 1e-4
+    # Evaluation returns a quality score in [0, 1] per example.
+    out = steps.eval_step({"params": new.params}, {"image": batch["image"], "index": np.arange(16)},
+                          jax.random.key(2), 0.0, model=model, with_quality=True)
+    q = np.asarray(out["quality"])
+    assert q.shape == (16,) and q.min() >= 0 and q.max() <= 1
