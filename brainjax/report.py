@@ -196,10 +196,14 @@ def gallery(image: np.ndarray, path: str, names: Sequence[str] = degrade.NAMES, 
 
     n_sev = len(next(iter(degrade.SEVERITIES.values())))
     fig, axes = plt.subplots(len(names), n_sev + 1, figsize=(1.6 * (n_sev + 1), 1.6 * len(names)))
-    x = jnp.asarray(image, jnp.float32)[None]
+    # One compiled call per corruption for all severities (the level is per example);
+    # each severity gets the key `corrupt(x, name, s, key(seed))` would use.
+    batch = jnp.repeat(jnp.asarray(image, jnp.float32)[None], n_sev, axis=0)
+    keys = jnp.repeat(jax.random.split(jax.random.key(seed), 1), n_sev, axis=0)
+    apply = jax.jit(degrade.apply, static_argnums=2)
     for r, name in enumerate(names):
-        row = [np.asarray(image)] + [np.asarray(degrade.corrupt(x, name, s, jax.random.key(seed))[0])
-                                     for s in range(1, n_sev + 1)]
+        levels = jnp.asarray([degrade.level_for(name, s) for s in range(1, n_sev + 1)], jnp.float32)
+        row = [np.asarray(image)] + list(np.asarray(apply(batch, keys, name, levels)))
         for c, im in enumerate(row):
             ax = axes[r, c]
             ax.imshow(im[..., 0], cmap="gray", vmin=0, vmax=1)

@@ -34,6 +34,6 @@ def get_config():
     c.optimizer.label_smoothing = 0.1
     c.schedule.name = "cosine"
     c.schedule.warmup_epochs = 1
-    c.num_epochs = 25
-    c.early_stopping.patience = 25  # the cosine schedule runs to its end; the best epoch is kept
+    c.num_epochs = 20
+    c.early_stopping.patience = 20  # the cosine schedule runs to its end; the best epoch is kept
     return c

@@ -233,3 +233,22 @@ def test_bad_config_is_one_clear_line(tmp_path, data_dir):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
     assert "match no parameter" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_wrong_config_for_a_checkpoint_is_a_clear_error_and_deletes_nothing(trained_workdir, tmp_path):
+    """Predicting with another model's flags used to be read as a corrupted checkpoint,
+    and the 'corrupted' steps were removed: a wrong flag must never cost the run."""
+    from PIL import Image
+
+    from brainjax.data import phantom
+
+    workdir, _ = trained_workdir
+    steps_before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    image = tmp_path / "scan.png"
+    Image.fromarray(phantom.generate_slice(5, 0, 0, 64)[..., 0]).save(image)
+    cmd = [sys.executable, "launch.py", f"--workdir={workdir}", "--config=configs/smoke.py", "--mode=predict",
+           f"--images={image}", "--config.image_size=48"]  # the smoke model, not the trained one
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert "holds a different model" in out.stderr and "config.json" in out.stderr and "Traceback" not in out.stderr
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == steps_before
