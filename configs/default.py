@@ -45,7 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Scan-quality head: predicts which corruptions the training step applied and how
     # strongly (brainjax/degrade.py `strength`), from the backbone features; its loss is
     # weighted by quality_loss_weight. Parameters live under 'quality_head/'.
-    c.model.quality_head = ml_collections.ConfigDict(dict(enabled=False, hidden=(64,)))
+    # On by default: side by side on this job it raised clean and corruption accuracy
+    # (BUILD_NOTES, session 4) besides giving `quality=` in --mode=predict.
+    c.model.quality_head = ml_collections.ConfigDict(dict(enabled=True, hidden=(64,)))
     c.quality_loss_weight = 0.5
     c.model.base_batchnorm_train = True  # the tiny CNN trains from scratch
     c.model.dtype = "float32"

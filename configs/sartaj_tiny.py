@@ -21,6 +21,7 @@ def get_config():
     c.eval.seed_protocol_split = "validation"
     # The issue-13 baseline: no intensity standardisation (configs/sartaj_robust.py has it).
     c.model.standardize = "none"
+    c.model.quality_head.enabled = False
     c.num_epochs = 40
     c.early_stopping.patience = 8
     return c

@@ -14,6 +14,7 @@ def get_config():
     c.model.tiny.batchnorm = False
     c.model.base_batchnorm_train = False
     c.model.head_hidden = (32,)
+    c.model.quality_head.enabled = False  # tests/test_quality.py turns it on where it is tested
     c.model.dropout = 0.0
     c.num_epochs = 2
     c.log_every_steps = 2

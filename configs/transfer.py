@@ -19,5 +19,9 @@ def get_config(backbone: str = "vgg16"):
     c.model.dropout = 0.5
     c.model.base_batchnorm_train = False  # frozen BN keeps the ImageNet statistics
     c.trainable = ("^head/",)
+    # No quality head: its parameters are outside '^head/' and the feature cache
+    # (configs/seed_protocol.py) has no degradation targets; add '^quality_head/' to
+    # trainable to try it on a frozen base.
+    c.model.quality_head.enabled = False
     c.num_epochs = 20
     return c

@@ -118,6 +118,8 @@ def evaluate(config: Any, eval_fns: Mapping, rvariables: Any, pipeline: Any, rng
         report["calibration"], report["selective"] = calibrate(
             validation, predictions, float(config.eval.get("abstain_target_accuracy", 0.95)),
             config.eval.get("abstain_rule", "max_prob"))
+        if "quality" in predictions[None]:
+            report["quality"] = quality_summary(predictions)
         cal, sel = report["calibration"], report["selective"]
         log.info("calibration: T=%.3f (fitted on %s); clean ECE %.4f -> %.4f; selective (%s): threshold %.3f keeps "
                  "%.1f%% of clean test at accuracy %.4f", cal["temperature"], config.val_split,
@@ -154,6 +156,15 @@ def _selective_cell(scores: np.ndarray, correct: np.ndarray, threshold: float) -
 
 
 ABSTAIN_RULES = ("max_prob", "quality")
+
+
+def quality_summary(predictions: Mapping) -> dict:
+    """The quality head's mean estimate per cell: does it fall as the scans degrade?"""
+    degraded: dict = {}
+    for key, out in predictions.items():
+        if key is not None:
+            degraded.setdefault(key[0], {})[str(key[1])] = float(np.mean(out["quality"]))
+    return {"clean": float(np.mean(predictions[None]["quality"])), "degraded": degraded}
 
 
 def abstain_score(probs: np.ndarray, quality: np.ndarray | None, rule: str) -> np.ndarray:
