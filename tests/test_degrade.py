@@ -178,7 +178,7 @@ def test_motion_blur_and_ghosting_preserve_mean_intensity():
         assert abs(float(y.mean() - x.mean())) < 0.02
 
 
-@pytest.mark.parametrize("recipe", ["chain", "one", "augmix"])
+@pytest.mark.parametrize("recipe", ["chain", "one", pytest.param("augmix", marks=pytest.mark.slow)])
 def test_training_recipes_over_the_full_suite(recipe):
     cfg = {"recipe": recipe, "prob": 1.0, "max_ops": 2, "augmix_width": 2,
            **{name: (levels[0], levels[2]) for name, levels in degrade.SEVERITIES.items()}}

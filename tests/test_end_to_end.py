@@ -25,6 +25,9 @@ def _params(workdir, config, which="latest"):
     return traverse_util.flatten_dict(jax.device_get(params)), loop
 
 
+# Slow tier (suite-time budget, issue 11): `pytest -m slow` runs it; tests/test_preemption.py checks
+# the stricter mid-epoch SIGTERM / kill -9 resume in the default suite.
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_model(smoke_config, tmp_path):
     smoke_config.eval.corruptions = ()
     smoke_config.num_epochs = 2

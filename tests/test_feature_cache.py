@@ -5,6 +5,7 @@ import functools
 import jax
 from conftest import restore_run
 import numpy as np
+import pytest
 from flax import traverse_util
 
 from brainjax import feature_cache, inference, models, steps, train
@@ -87,6 +88,9 @@ def test_engine_feature_cache_run_checkpoints_and_resumes(smoke_config, tmp_path
         assert not np.array_equal(a, b)
 
 
+# Slow tier (suite-time budget, issue 11): `pytest -m slow` runs it; the cached path's resume is the one
+# loop's (tested through the image path in the default suite).
+@pytest.mark.slow
 def test_engine_feature_cache_resumes_like_the_image_path(smoke_config, tmp_path):
     """Interrupted after epoch 1 and rerun, the cached path ends with the parameters and
     optimizer state of an uninterrupted run (the one loop's resume)."""

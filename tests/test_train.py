@@ -44,7 +44,8 @@ def _flops(fn, *args):
     return float(cost["flops"])
 
 
-@pytest.mark.parametrize("backbone", ["tiny", "vgg16"])
+# Slow tier (suite-time budget, issue 11): `pytest -m slow` runs it; the tiny CNN runs by default.
+@pytest.mark.parametrize("backbone", ["tiny", pytest.param("vgg16", marks=pytest.mark.slow)])
 def test_frozen_base_step_costs_about_one_forward(backbone):
     """The frozen step differentiates only the head: its FLOPs ~ the forward pass, while
     fine-tuning everything costs the usual ~3x (XLA cost analysis of the compiled steps)."""
@@ -129,6 +130,9 @@ def test_partition_errors_are_clear():
     assert labels == {"backbone": {"c": {"kernel": "frozen"}}, "head": {"logits": {"kernel": "trainable"}}}
 
 
+# Slow tier (suite-time budget, issue 11): `pytest -m slow` runs it; the benchmark's CPU path (the GPU path
+# runs by default, test_benchmark_gpu_mode_runs_on_the_cpu_backend).
+@pytest.mark.slow
 def test_benchmark_measures_tiny_model():
     """brainjax.benchmark's building blocks on a tiny model (the full run is a benchmark)."""
     from brainjax import benchmark
@@ -140,6 +144,8 @@ def test_benchmark_measures_tiny_model():
     assert r["frozen_flops_per_img"] < r["finetune_flops_per_img"]
 
 
+# Slow tier (suite-time budget, issue 11): `pytest -m slow` runs it; the benchmark's seed-protocol comparison.
+@pytest.mark.slow
 def test_benchmark_seed_protocol_end_to_end_small():
     """The measured seed-protocol comparison runs both frameworks on the same inputs."""
     pytest.importorskip("keras")
