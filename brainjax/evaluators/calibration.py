@@ -88,14 +88,20 @@ def calibration_metrics(logits: np.ndarray, labels: np.ndarray, temperature: flo
             "brier_before": brier(before, labels), "brier_after": brier(after, labels)}
 
 
+def _ranked(scores: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores from most to least confident, accuracy of the k most confident for k = 1..N,
+    mask of the last example of each tie group: ties are kept or dropped together)."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    s, c = np.asarray(scores, np.float64)[order], np.asarray(correct, np.float64)[order]
+    accuracy = np.cumsum(c) / np.arange(1, len(s) + 1)
+    return s, accuracy, np.append(s[1:] != s[:-1], True)
+
+
 def risk_coverage(scores: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(coverage, accuracy of the kept examples) when keeping the k most confident, k = 1..N.
     Ties in the score are kept together (the curve only has points between tie groups)."""
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
-    s, c = np.asarray(scores)[order], np.asarray(correct, np.float64)[order]
+    s, accuracy, last_of_tie = _ranked(scores, correct)
     kept = np.arange(1, len(s) + 1)
-    accuracy = np.cumsum(c) / kept
-    last_of_tie = np.append(s[1:] != s[:-1], True)
     return kept[last_of_tie] / len(s), accuracy[last_of_tie]
 
 
@@ -113,10 +119,7 @@ def fit_threshold(scores: np.ndarray, correct: np.ndarray, target_accuracy: floa
     """The lowest score threshold whose kept set (score >= threshold) reaches
     `target_accuracy` on this (validation) data, i.e. the largest coverage meeting the
     target. If no threshold does, the highest score (keep only the most confident)."""
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
-    s, c = np.asarray(scores, np.float64)[order], np.asarray(correct, np.float64)[order]
-    accuracy = np.cumsum(c) / np.arange(1, len(s) + 1)
-    last_of_tie = np.append(s[1:] != s[:-1], True)
+    s, accuracy, last_of_tie = _ranked(scores, correct)
     ok = np.nonzero(last_of_tie & (accuracy >= target_accuracy))[0]
     return float(s[ok[-1]]) if len(ok) else float(s[0])
 
