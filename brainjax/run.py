@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from typing import Sequence
@@ -10,7 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from brainjax import evaluators, explain as explain_lib, inference, loop, models, parallel, report, steps, train
+from brainjax import evaluators, explain as explain_lib, inference, loop, parallel, report, steps, train
 from brainjax.errors import UserError
 
 log = logging.getLogger("brainjax")
@@ -65,10 +66,12 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequen
     images, good, failures = _load_images(paths, config.image_size)
     if not images:
         return failures
-    batch = steps.to_float_images(np.stack(images))
+    uint8 = np.stack(images)
     has_quality = model.quality_head is not None
-    out = jax.jit(lambda v, x: model.apply(v, x, train=False, with_quality=has_quality))(variables, batch)
-    logits, quality = (out[0], np.asarray(models.quality_score(out[1]))) if has_quality else (out, None)
+    # The evaluation step itself (clean, no corruption): the same logits and quality score.
+    step = jax.jit(functools.partial(steps.eval_step, model=model, with_quality=has_quality))
+    out = step(variables, {"image": uint8, "index": np.arange(len(uint8))}, jax.random.key(0), np.float32(0))
+    logits, quality = (out["logits"], np.asarray(out["quality"])) if has_quality else (out, None)
     probs = evaluators.calibration.softmax(np.asarray(logits), cal["temperature"] if cal else 1.0)
     abstain = None
     if cal is not None:
@@ -81,6 +84,7 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequen
         flag = "  ABSTAIN low quality: do not rely on this prediction" if abstain is not None and abstain[i] else ""
         print(f"{path}: {class_names[int(p.argmax())]}  ({ranked})  {q}{flag}")
     if explain:
+        batch = steps.to_float_images(uint8)
         heatmaps = np.asarray(jax.jit(lambda v, x: explain_lib.grad_cam(model, v, x))(variables, batch))
         os.makedirs(os.path.join(workdir, "explain"), exist_ok=True)
         for path, image, heat, p in zip(good, np.asarray(batch), heatmaps, probs):
