@@ -22,7 +22,47 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/default.py", "Config file (ml_collections).", lock_config=True)
+
+
+CONFIG_ERRORS = (AttributeError, KeyError, OSError, TypeError, ValueError)
+
+
+def config_flag_error(err: Exception) -> None:
+    """One line naming the flags that failed, instead of ml_collections' traceback."""
+    detail = f"{type(err).__name__}: {str(err).strip().splitlines()[-1].strip()}"
+    bad = " ".join(a for a in sys.argv[1:] if a.startswith("--config"))
+    if isinstance(err, flags.Error) and not bad:
+        message = f"{detail}. See python launch.py --helpshort."
+    else:
+        message = (f"could not apply {bad or 'the default config'}: {detail}. Field names and types are in "
+                   "the config file (configs/default.py and the variants that import it).")
+    print(f"brainjax: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def define_config_flag() -> None:
+    """--config. ml_collections applies --config.<field> overrides to the default config
+    while defining the flag, so a bad field fails here."""
+    try:
+        config_flags.DEFINE_config_file("config", "configs/default.py", "Config file (ml_collections).",
+                                        lock_config=True)
+    except CONFIG_ERRORS as err:
+        config_flag_error(err)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag value or a --config file that does not load
+    as one line. ml_collections loads the file lazily and hands back a placeholder that
+    fails on first use: use it here, inside the try."""
+    try:
+        rest = FLAGS(argv)
+        FLAGS.config.keys()
+        return rest
+    except (flags.Error, *CONFIG_ERRORS) as err:
+        config_flag_error(err)
+
+
+define_config_flag()
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "gallery"], "What to do.")
 flags.DEFINE_list("images", [], "Image files for --mode=predict / --mode=gallery.")
@@ -59,4 +99,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -238,6 +238,18 @@ def test_bad_config_is_one_clear_line(tmp_path, data_dir):
     assert "match no parameter" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("flag", ["--config.model.no_such_field=3", "--config.num_epochs=abc",
+                                  "--config=configs/no_such_config.py"])
+def test_bad_config_flag_is_one_clear_line(tmp_path, flag):
+    out = subprocess.run([sys.executable, "launch.py", f"--workdir={tmp_path}", flag], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("brainjax: error:")]
+    assert len(errors) == 1 and flag in errors[0], out.stderr[-2000:]
+    assert not os.listdir(tmp_path)  # nothing was started
+
+
 def test_wrong_config_for_a_checkpoint_is_a_clear_error_and_deletes_nothing(trained_workdir, tmp_path):
     """Predicting with another model's flags used to be read as a corrupted checkpoint,
     and the 'corrupted' steps were removed: a wrong flag must never cost the run."""
