@@ -75,9 +75,8 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequen
     probs = evaluators.calibration.softmax(np.asarray(logits), cal["temperature"] if cal else 1.0)
     abstain = None
     if cal is not None:
-        rule = cal["rule"] if (cal["rule"] != "quality" or has_quality) else "max_prob"
-        scores = evaluators.abstain_score(probs, quality, rule)
-        abstain = scores < cal["thresholds"][rule]
+        # the rule fitted at evaluation; 'quality' on a model without the head is a clear error
+        abstain = evaluators.abstain_score(probs, quality, cal["rule"]) < cal["thresholds"][cal["rule"]]
     for i, (path, p) in enumerate(zip(good, probs)):
         ranked = "  ".join(f"{class_names[j]} {p[j]:.3f}" for j in np.argsort(-p))
         q = f"quality={quality[i]:.2f}" if quality is not None else "quality=n/a"

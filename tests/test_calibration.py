@@ -81,3 +81,12 @@ def test_calibrate_builds_the_report_sections():
     assert cal["clean"]["ece_after"] < cal["clean"]["ece_before"]
     assert sel["clean"]["accuracy_at_threshold"] > (clean.argmax(-1) == clean_labels).mean()
     assert sum(cal["reliability"]["after"]["count"]) == len(clean_labels)
+
+
+@pytest.mark.parametrize("rule, message", [("entropy", "must be one of"), ("quality", "needs a quality head")])
+def test_calibrate_refuses_an_unusable_abstention_rule_clearly(rule, message):
+    from brainjax.errors import UserError
+
+    logits, labels = _overconfident(n=200)
+    with pytest.raises(UserError, match=message):
+        calibrate({"logits": logits, "label": labels}, {None: {"logits": logits, "label": labels}}, 0.9, rule)

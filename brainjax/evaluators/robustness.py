@@ -167,17 +167,20 @@ def quality_summary(predictions: Mapping) -> dict:
     return {"clean": float(np.mean(predictions[None]["quality"])), "degraded": degraded}
 
 
+def check_abstain_rule(rule: str, has_quality: bool) -> None:
+    """A clear error for an unknown rule, or 'quality' without a quality head."""
+    if rule not in ABSTAIN_RULES:
+        raise UserError(f"eval.abstain_rule must be one of {ABSTAIN_RULES}, got {rule!r}")
+    if rule == "quality" and not has_quality:
+        raise UserError("eval.abstain_rule='quality' needs a quality head: set model.quality_head.enabled=True")
+
+
 def abstain_score(probs: np.ndarray, quality: np.ndarray | None, rule: str) -> np.ndarray:
     """The confidence score an abstention rule thresholds: 'max_prob' the calibrated top
     probability; 'quality' that times the quality head's scan-quality estimate in [0, 1]
     (a confident prediction on a scan that looks badly degraded is still doubted)."""
-    if rule == "max_prob":
-        return probs.max(-1)
-    if rule == "quality":
-        if quality is None:
-            raise UserError("eval.abstain_rule='quality' needs a quality head: set model.quality_head.enabled=True")
-        return probs.max(-1) * quality
-    raise UserError(f"eval.abstain_rule must be one of {ABSTAIN_RULES}, got {rule!r}")
+    check_abstain_rule(rule, quality is not None)
+    return probs.max(-1) * quality if rule == "quality" else probs.max(-1)
 
 
 def calibrate(validation: Mapping, predictions: Mapping, target_accuracy: float, rule: str = "max_prob"
@@ -191,9 +194,8 @@ def calibrate(validation: Mapping, predictions: Mapping, target_accuracy: float,
     fitted on validation for `target_accuracy`."""
     temperature = calibration.fit_temperature(validation["logits"], validation["label"])
     has_quality = "quality" in validation
+    check_abstain_rule(rule, has_quality)
     rules = [r for r in ABSTAIN_RULES if r != "quality" or has_quality]
-    if rule not in rules:
-        abstain_score(validation["logits"], None, rule)  # the clear error
     val_probs = calibration.softmax(validation["logits"], temperature)
     val_correct = val_probs.argmax(-1) == validation["label"]
     thresholds = {r: calibration.fit_threshold(abstain_score(val_probs, validation.get("quality"), r), val_correct,
