@@ -178,6 +178,25 @@ def test_motion_blur_and_ghosting_preserve_mean_intensity():
         assert abs(float(y.mean() - x.mean())) < 0.02
 
 
+def test_motion_blur_equals_bilinear_sampling_along_the_segment():
+    """The separable shift-matrix form is exactly bilinear `map_coordinates` sampling with
+    mirrored edges at every tap (odd and even sizes, lengths past the image border)."""
+    for size in (33, 64):
+        x = jax.random.uniform(jax.random.key(size), (3, size, size, 1))
+        keys = jax.random.split(jax.random.key(1), 3)
+        lengths = jnp.array([5.0, 30.0, 400.0])
+        got = jax.vmap(degrade.motion_blur)(x, keys, lengths)
+        for image, key, length_224, out in zip(x, keys, lengths, got):
+            angle = jax.random.uniform(key, (), minval=0.0, maxval=jnp.pi)
+            length = length_224 * size / degrade.REFERENCE_SIZE
+            rows, cols = jnp.meshgrid(jnp.arange(size, dtype=jnp.float32), jnp.arange(size, dtype=jnp.float32),
+                                      indexing="ij")
+            taps = [jax.scipy.ndimage.map_coordinates(image[..., 0], [rows + o * jnp.sin(angle), cols + o * jnp.cos(angle)],
+                                                      order=1, mode="mirror")
+                    for o in (np.arange(17) / 16 - 0.5) * float(length)]
+            np.testing.assert_allclose(out[..., 0], np.mean(taps, axis=0), atol=2e-6)
+
+
 @pytest.mark.parametrize("recipe", ["chain", "one", pytest.param("augmix", marks=pytest.mark.slow)])
 def test_training_recipes_over_the_full_suite(recipe):
     cfg = {"recipe": recipe, "prob": 1.0, "max_ops": 2, "augmix_width": 2,
