@@ -173,7 +173,7 @@ class BrainTumorMri(tfds.core.GeneratorBasedBuilder):
         cfg = self.builder_config
         root = find_root(dl_manager.manual_dir, cfg.class_dirs, extract=dl_manager.extract)
         records = scan(root, cfg.class_dirs)
-        splits, report = self._plan(records, root)
+        splits, report, encoded = self._plan(records, root)
         os.makedirs(self.report_dir(), exist_ok=True)
         with open(os.path.join(self.report_dir(), "build_report.json"), "w") as f:
             json.dump(report, f, indent=2)
@@ -184,12 +184,14 @@ class BrainTumorMri(tfds.core.GeneratorBasedBuilder):
         empty = [name for name, recs in splits.items() if not recs]
         if empty:
             log.warning("brain_tumor_mri/%s: splits %s would be empty and are not created", cfg.name, empty)
-        return {name: self._generate_examples(recs) for name, recs in splits.items() if recs}
+        return {name: self._generate_examples(recs, encoded) for name, recs in splits.items() if recs}
 
-    def _plan(self, records: list[Record], root: str) -> tuple[dict[str, list[Record]], dict]:
-        """Decodes every file once (hash + thumbnail), finds duplicates, builds the splits."""
+    def _plan(self, records: list[Record], root: str) -> tuple[dict[str, list[Record]], dict, dict[str, bytes]]:
+        """Decodes every file once (hash + thumbnail, and the PNG the splits store: a
+        training image sits in two splits, train and train_sub/validation), finds
+        duplicates, builds the splits. Returns (splits, report, PNG bytes by relpath)."""
         cfg = self.builder_config
-        index, readable, unreadable = images.DuplicateIndex(), [], []
+        index, readable, unreadable, encoded = images.DuplicateIndex(), [], [], {}
         for rec in records:
             with open(rec.path, "rb") as f:
                 data = f.read()
@@ -199,6 +201,7 @@ class BrainTumorMri(tfds.core.GeneratorBasedBuilder):
                 unreadable.append({"file": rec.relpath, "error": str(err)})
                 continue
             index.add(rec.relpath, data, gray)
+            encoded[rec.relpath] = images.encode_png(gray)
             readable.append(rec)
         exact, near = images.duplicate_groups(index, cfg.near_threshold)
         group = np.arange(len(readable))
@@ -251,14 +254,11 @@ class BrainTumorMri(tfds.core.GeneratorBasedBuilder):
             "test_with_duplicate_in_train": sum(r["reason"].endswith("in Training") for r in removed),
             "cross_label_groups": cross_label,
         }
-        return splits, report
+        return splits, report, encoded
 
-    def _generate_examples(self, records: list[Record]):
-        cfg = self.builder_config
+    def _generate_examples(self, records: list[Record], encoded: dict[str, bytes]):
         for rec in records:
-            with open(rec.path, "rb") as f:
-                gray = images.decode_grayscale(f.read(), cfg.max_size)
-            yield rec.relpath, {"image": gray[..., None], "label": rec.label, "filename": rec.relpath}
+            yield rec.relpath, {"image": encoded[rec.relpath], "label": rec.label, "filename": rec.relpath}
 
 
 def dedup_markdown(report: dict) -> str:
