@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from brainjax import checkpoint, parallel
+from brainjax import state as state_lib
 from brainjax.writers import Writers
 
 log = logging.getLogger("brainjax")
@@ -274,7 +275,7 @@ def _fit(config, ckpt, *, state, step_fn, source, validate, rng, writers, tag, w
             val_loss, val_acc = validate(rstate)
             end_step = (epoch + 1) * steps_per_epoch
             check_finite(val_loss, "validation loss", end_step, steps_per_epoch, ckpt)
-            lr_used = config.optimizer.learning_rate * progress["lr_scale"]
+            lr_used = state_lib.learning_rate_at(config, steps_per_epoch, end_step - 1, progress["lr_scale"])
             Plateau.update(progress, val_loss, config)
             totals = progress["totals"]
             progress.update(epoch=epoch + 1, step_in_epoch=0,

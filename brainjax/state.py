@@ -28,16 +28,29 @@ class TrainState:
     lr_scale: jax.Array  # float32 scalar, lowered by reduce-on-plateau
 
 
-def make_optimizer(config: ml_collections.ConfigDict, label_tree: Any, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Adam(W) on trainable params (optionally cosine-scheduled, clipped), nothing on frozen."""
-    opt = config.optimizer
-    lr: Any = opt.learning_rate
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> float | optax.Schedule:
+    """The optimizer's learning rate: a constant, or a function of the step ('cosine').
+    Reduce-on-plateau scales it further by TrainState.lr_scale."""
+    lr = config.optimizer.learning_rate
     if config.schedule.name == "cosine":
         total = config.num_epochs * steps_per_epoch
         warmup = int(config.schedule.get("warmup_epochs", 0) * steps_per_epoch)
-        lr = optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, max(warmup, 1), max(total, warmup + 1))
-    elif config.schedule.name not in ("plateau", "constant"):
+        return optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, max(warmup, 1), max(total, warmup + 1))
+    if config.schedule.name not in ("plateau", "constant"):
         raise UserError(f"config.schedule.name must be 'plateau', 'cosine' or 'constant', got {config.schedule.name!r}")
+    return lr
+
+
+def learning_rate_at(config: ml_collections.ConfigDict, steps_per_epoch: int, step: int, lr_scale: float) -> float:
+    """The learning rate the update of `step` used (what metrics.jsonl and the log show)."""
+    lr = learning_rate_schedule(config, steps_per_epoch)
+    return float(lr(step) if callable(lr) else lr) * lr_scale
+
+
+def make_optimizer(config: ml_collections.ConfigDict, label_tree: Any, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Adam(W) on trainable params (optionally cosine-scheduled, clipped), nothing on frozen."""
+    opt = config.optimizer
+    lr = learning_rate_schedule(config, steps_per_epoch)
     chain = []
     if opt.get("grad_clip_norm"):
         chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))

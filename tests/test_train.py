@@ -228,6 +228,15 @@ def test_cosine_schedule_and_label_smoothing_train():
     assert np.isfinite(float(m["loss_sum"]))
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(jax.device_get(first.params)),
                                                           jax.tree.leaves(jax.device_get(second.params))))
+    # what the log and metrics.jsonl report: the schedule's value, not the base rate
+    lr = config.optimizer.learning_rate
+    total = config.num_epochs * 5
+    assert state_lib.learning_rate_at(config, 5, 0, 1.0) == 0.0
+    assert state_lib.learning_rate_at(config, 5, 5, 1.0) == pytest.approx(lr)
+    assert lr > state_lib.learning_rate_at(config, 5, 7, 1.0) > state_lib.learning_rate_at(config, 5, 9, 1.0) > 0
+    assert state_lib.learning_rate_at(config, 5, total, 1.0) == pytest.approx(0.0, abs=1e-9)
+    config.schedule.name = "plateau"
+    assert state_lib.learning_rate_at(config, 5, total - 1, 0.25) == pytest.approx(0.25 * lr)
 
 
 @pytest.mark.parametrize("name", sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
