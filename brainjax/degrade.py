@@ -336,6 +336,53 @@ def example_keys(rng: jax.Array, indices: jax.Array) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(rng, i))(indices)
 
 
+# Where each corruption arises on the way from the head to the stored file: coil
+# sensitivity and patient motion during the scan, then resolution loss (k-space coverage,
+# reconstruction, resampling), then noise, then display and storage. The `ordered` recipe
+# applies its draw in this order.
+ACQUISITION_ORDER: tuple[str, ...] = (
+    "bias_field", "motion_ghosting", "motion_blur", "kspace_undersample", "gaussian_blur", "downsample",
+    "rician_noise", "gaussian_noise", "contrast", "jpeg")
+assert sorted(ACQUISITION_ORDER) == sorted(NAMES)
+
+
+def _draw(key, names: Sequence[str], ranges: Sequence[tuple[float, float]], prob: float, max_ops: int):
+    """The chain's random draw for one image: (applied, count, order, levels, op_keys).
+    1..max_ops distinct corruptions (uniform count), the first `count` of a random
+    permutation `order`, each at a level uniform in its range; all of it with prob `prob`."""
+    k_apply, k_count, k_order, k_level, k_ops = jax.random.split(key, 5)
+    n = len(names)
+    count = jax.random.randint(k_count, (), 1, min(max_ops, n) + 1)
+    order = jax.random.permutation(k_order, n)
+    lo = jnp.array([r[0] for r in ranges], jnp.float32)
+    hi = jnp.array([r[1] for r in ranges], jnp.float32)
+    levels = jax.random.uniform(k_level, (n,), minval=lo, maxval=hi)
+    return jax.random.bernoulli(k_apply, prob), count, order, levels, jax.random.split(k_ops, n)
+
+
+def _targets(names: Sequence[str], used: jax.Array, levels: jax.Array) -> jax.Array:
+    """[len(NAMES)] `strength` of each corruption applied, 0 for the others."""
+    strengths = jnp.stack([strength(nm, levels[i]) for i, nm in enumerate(names)])
+    return jnp.zeros(len(NAMES), jnp.float32).at[jnp.array([NAMES.index(nm) for nm in names])].set(
+        jnp.where(used, strengths, 0.0))
+
+
+def _ordered_one(image, key, names: Sequence[str], ranges: Sequence[tuple[float, float]], prob: float,
+                 max_ops: int = 3):
+    """The chain's draw (the same corruptions at the same levels for the same key), applied
+    in ACQUISITION_ORDER instead of the drawn order. Each corruption is computed once per
+    image instead of once per chain slot (under vmap a per-example `lax.switch` computes
+    every branch), so a training chain over the whole suite costs max_ops x less."""
+    applied, count, order, levels, op_keys = _draw(key, names, ranges, prob, max_ops)
+    used = (jnp.argsort(order) < count) & applied
+    out = image
+    for nm in ACQUISITION_ORDER:
+        if nm in names:
+            i = names.index(nm)
+            out = jnp.where(used[i], CORRUPTIONS[nm](out, op_keys[i], levels[i]), out)
+    return out, _targets(names, used, levels)
+
+
 def _chain_one(image, key, names: Sequence[str], ranges: Sequence[tuple[float, float]], prob: float,
                max_ops: int = 3):
     """Seed recipe for one image: with probability `prob`, a chain of 1..max_ops (uniform)
@@ -346,27 +393,14 @@ def _chain_one(image, key, names: Sequence[str], ranges: Sequence[tuple[float, f
 
     Returns (image, targets): targets [len(NAMES)] is the `strength` of each corruption
     applied (0 for those not applied), what the scan-quality head learns to predict."""
-    k_apply, k_count, k_order, k_level, k_ops = jax.random.split(key, 5)
-    n = len(names)
-    slots = min(max_ops, n)
-    count = jax.random.randint(k_count, (), 1, slots + 1)
-    order = jax.random.permutation(k_order, n)
-    lo = jnp.array([r[0] for r in ranges], jnp.float32)
-    hi = jnp.array([r[1] for r in ranges], jnp.float32)
-    levels = jax.random.uniform(k_level, (n,), minval=lo, maxval=hi)
-    op_keys = jax.random.split(k_ops, n)
+    applied, count, order, levels, op_keys = _draw(key, names, ranges, prob, max_ops)
     branches = [functools.partial(lambda f, i, x: f(x, op_keys[i], levels[i]), CORRUPTIONS[nm], i)
                 for i, nm in enumerate(names)]
     out = image
-    for slot in range(slots):
+    for slot in range(min(max_ops, len(names))):
         out = jnp.where(slot < count, jax.lax.switch(order[slot], branches, out), out)
-    applied = jax.random.bernoulli(k_apply, prob)
     # Corruption i ran iff its position in the random order is below the chain length.
-    position = jnp.argsort(order)
-    used = (position < count) & applied
-    strengths = jnp.stack([strength(nm, levels[i]) for i, nm in enumerate(names)])
-    targets = jnp.zeros(len(NAMES), jnp.float32).at[jnp.array([NAMES.index(nm) for nm in names])].set(
-        jnp.where(used, strengths, 0.0))
+    targets = _targets(names, (jnp.argsort(order) < count) & applied, levels)
     return jnp.where(applied, out, image), targets
 
 
@@ -396,6 +430,7 @@ def augment(images: jax.Array, keys: jax.Array, cfg: Mapping) -> jax.Array:
 
     cfg.flip_lr: random left-right mirroring first (geometry, not a degradation).
     cfg.recipe: 'none' | 'chain' (seed recipe: 1..max_ops corruptions in random order) |
+      'ordered' (the same draw, applied in ACQUISITION_ORDER: max_ops x cheaper) |
       'one' (exactly one random corruption) | 'augmix' (cfg.augmix_width mixed chains).
     cfg.prob: share of images degraded. cfg.max_ops: longest chain (default 3).
     cfg.<name>: (low, high) level range per corruption (units of brainjax.degrade.SEVERITIES);
@@ -423,10 +458,12 @@ def augment_with_targets(images: jax.Array, keys: jax.Array, cfg: Mapping) -> tu
     prob, max_ops = cfg["prob"], int(cfg.get("max_ops", 3))
     if recipe == "chain":
         fn = lambda im, k: _chain_one(im, k, names, ranges, prob, max_ops)
+    elif recipe == "ordered":
+        fn = lambda im, k: _ordered_one(im, k, names, ranges, prob, max_ops)
     elif recipe == "one":
         fn = lambda im, k: _chain_one(im, k, names, ranges, prob, 1)
     elif recipe == "augmix":
         fn = lambda im, k: _augmix_one(im, k, names, ranges, prob, max_ops, int(cfg.get("augmix_width", 3)))
     else:
-        raise UserError(f"train_degrade.recipe must be 'none', 'chain', 'one' or 'augmix', got {recipe!r}")
+        raise UserError(f"train_degrade.recipe must be 'none', 'chain', 'ordered', 'one' or 'augmix', got {recipe!r}")
     return jax.vmap(fn)(images, keys)

@@ -197,7 +197,7 @@ def test_motion_blur_equals_bilinear_sampling_along_the_segment():
             np.testing.assert_allclose(out[..., 0], np.mean(taps, axis=0), atol=2e-6)
 
 
-@pytest.mark.parametrize("recipe", ["chain", "one", pytest.param("augmix", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("recipe", ["chain", "ordered", "one", pytest.param("augmix", marks=pytest.mark.slow)])
 def test_training_recipes_over_the_full_suite(recipe):
     cfg = {"recipe": recipe, "prob": 1.0, "max_ops": 2, "augmix_width": 2,
            **{name: (levels[0], levels[2]) for name, levels in degrade.SEVERITIES.items()}}
@@ -208,6 +208,34 @@ def test_training_recipes_over_the_full_suite(recipe):
     assert y.shape == x.shape
     assert float(jnp.abs(y - x).mean()) > 1e-3
     np.testing.assert_array_equal(y, fn(x, keys))
+
+
+def test_ordered_recipe_is_the_chain_draw_in_acquisition_order():
+    """Same key: the same corruptions at the same levels as the chain (equal quality
+    targets); with one corruption per image the order cannot matter, so the images are
+    equal too; with several they are applied in ACQUISITION_ORDER."""
+    full = {name: (levels[0], levels[-1]) for name, levels in degrade.SEVERITIES.items()}
+    x = _images(8)
+    keys = degrade.example_keys(jax.random.key(5), jnp.arange(8))
+    run = jax.jit(lambda x, k, recipe, ops: degrade.augment_with_targets(
+        x, k, {"recipe": recipe, "prob": 0.8, "max_ops": ops, **full}), static_argnums=(2, 3))
+    (chain, t_chain), (ordered, t_ordered) = run(x, keys, "chain", 3), run(x, keys, "ordered", 3)
+    np.testing.assert_array_equal(t_chain, t_ordered)
+    assert (np.asarray(t_chain) > 0).sum(axis=1).max() > 1  # some images got several corruptions
+    one_chain, one_ordered = run(x, keys, "chain", 1)[0], run(x, keys, "ordered", 1)[0]
+    np.testing.assert_allclose(one_ordered, one_chain, atol=1e-6)
+    # two corruptions by hand, in acquisition order (bias field first, JPEG last), with the
+    # per-corruption keys the draw uses (`_draw`: 5-way split, the last for the ops)
+    cfg = {"recipe": "ordered", "prob": 1.0, "max_ops": 2, "bias_field": (0.5, 0.5), "jpeg": (10.0, 10.0)}
+    got, targets = degrade.augment_with_targets(x, keys, cfg)
+    both = np.nonzero((np.asarray(targets) > 0).sum(axis=1) == 2)[0]
+    assert len(both) > 0
+    for i in both:
+        k_bias, k_jpeg = jax.random.split(jax.random.split(keys[i], 5)[4], 2)  # names in NAMES order
+        first_bias = degrade.jpeg(degrade.bias_field(x[i], k_bias, 0.5), k_jpeg, 10.0)
+        first_jpeg = degrade.bias_field(degrade.jpeg(x[i], k_jpeg, 10.0), k_bias, 0.5)
+        np.testing.assert_allclose(got[i], first_bias, atol=1e-5)
+        assert float(jnp.abs(first_bias - first_jpeg).max()) > 1e-2
 
 
 def test_gallery_png(tmp_path):

@@ -19,7 +19,7 @@ def _images(n=24, size=32):
     return jnp.asarray(x, jnp.float32) / 255.0
 
 
-@pytest.mark.parametrize("recipe", ["chain", "one", pytest.param("augmix", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("recipe", ["chain", "ordered", "one", pytest.param("augmix", marks=pytest.mark.slow)])
 def test_quality_targets_match_what_augment_applied(recipe):
     """Severity 0 (all targets 0) <=> the image is unchanged; the images are exactly those
     of `augment` (the targets cost the training recipe nothing)."""
