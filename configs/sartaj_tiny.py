@@ -21,6 +21,9 @@ def get_config():
     c.eval.seed_protocol_split = "validation"
     # The issue-13 baseline: no intensity standardisation (configs/sartaj_robust.py has it).
     c.model.standardize = "none"
+    # ... and the phantom's first tiny CNN and training recipe, as measured in BUILD_NOTES
+    c.model.tiny.widths = (8, 16, 32, 64)
+    c.train_degrade = default.seed_degrade()
     c.model.quality_head.enabled = False
     c.num_epochs = 40
     c.early_stopping.patience = 8

@@ -10,6 +10,7 @@ def get_config():
     c.batch_size = 32
     c.eval_batch_size = 48
     c.model.tiny.widths = (8, 16)
+    c.train_degrade = default.seed_degrade()  # three cheap corruptions keep the tests fast
     c.model.tiny.convs_per_block = 1
     c.model.tiny.batchnorm = False
     c.model.base_batchnorm_train = False

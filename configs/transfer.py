@@ -17,6 +17,7 @@ def get_config(backbone: str = "vgg16"):
     c.model.head = "enhanced"
     c.model.head_hidden = (1024, 512)
     c.model.dropout = 0.5
+    c.train_degrade = default.seed_degrade()  # the card's recipe
     c.model.base_batchnorm_train = False  # frozen BN keeps the ImageNet statistics
     c.trainable = ("^head/",)
     # No quality head: its parameters are outside '^head/' and the feature cache
