@@ -40,7 +40,7 @@ def settings():
     return {"default (tiny, 64px, batch 64, trains all)": tiny, "vgg16 frozen, 112px, batch 32": vgg}
 
 
-def time_step(config, degrade_cfg, steps, repeats):
+def time_step(config, degrade_cfg, num_steps, repeats):
     model = models.create_model(config.model, 4)
     state, tx, labels = state_lib.create_train_state(config, model, 4, jax.random.key(0), 10)
     step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, label_tree=labels,
@@ -54,11 +54,11 @@ def time_step(config, degrade_cfg, steps, repeats):
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(num_steps):
             state, m = step(state, batch, jax.random.key(0))
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
-    return n * steps / float(np.median(times))
+    return n * num_steps / float(np.median(times))
 
 
 def main():
