@@ -85,7 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.trainable = (".*",)
 
     # Optimisation.
-    c.num_epochs = 30
+    c.num_epochs = 20
     c.optimizer = ml_collections.ConfigDict(dict(learning_rate=1e-3, weight_decay=0.0, label_smoothing=0.0,
                                                  grad_clip_norm=0.0))
     c.schedule = ml_collections.ConfigDict(dict(name="plateau", factor=0.5, patience=2, min_delta=1e-4,
