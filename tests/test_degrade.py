@@ -214,11 +214,12 @@ def test_ordered_recipe_is_the_chain_draw_in_acquisition_order():
     """Same key: the same corruptions at the same levels as the chain (equal quality
     targets); with one corruption per image the order cannot matter, so the images are
     equal too; with several they are applied in ACQUISITION_ORDER."""
-    full = {name: (levels[0], levels[-1]) for name, levels in degrade.SEVERITIES.items()}
+    some = {name: (levels[0], levels[-1]) for name, levels in degrade.SEVERITIES.items()
+            if name in ("gaussian_noise", "downsample", "kspace_undersample", "bias_field", "jpeg")}
     x = _images(8)
     keys = degrade.example_keys(jax.random.key(5), jnp.arange(8))
     run = jax.jit(lambda x, k, recipe, ops: degrade.augment_with_targets(
-        x, k, {"recipe": recipe, "prob": 0.8, "max_ops": ops, **full}), static_argnums=(2, 3))
+        x, k, {"recipe": recipe, "prob": 0.8, "max_ops": ops, **some}), static_argnums=(2, 3))
     (chain, t_chain), (ordered, t_ordered) = run(x, keys, "chain", 3), run(x, keys, "ordered", 3)
     np.testing.assert_array_equal(t_chain, t_ordered)
     assert (np.asarray(t_chain) > 0).sum(axis=1).max() > 1  # some images got several corruptions
@@ -227,7 +228,7 @@ def test_ordered_recipe_is_the_chain_draw_in_acquisition_order():
     # two corruptions by hand, in acquisition order (bias field first, JPEG last), with the
     # per-corruption keys the draw uses (`_draw`: 5-way split, the last for the ops)
     cfg = {"recipe": "ordered", "prob": 1.0, "max_ops": 2, "bias_field": (0.5, 0.5), "jpeg": (10.0, 10.0)}
-    got, targets = degrade.augment_with_targets(x, keys, cfg)
+    got, targets = jax.jit(lambda x, k: degrade.augment_with_targets(x, k, cfg))(x, keys)
     both = np.nonzero((np.asarray(targets) > 0).sum(axis=1) == 2)[0]
     assert len(both) > 0
     for i in both:
