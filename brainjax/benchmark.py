@@ -55,6 +55,10 @@ def _config(backbone: str, size: int, batch: int, dtype: str = "float32"):
     c = default.get_config()
     c.model.backbone, c.image_size, c.batch_size = backbone, size, batch
     c.model.dtype = dtype
+    # like for like with the Keras and PyTorch baselines (no auxiliary head), and the tiny
+    # CNN the earlier figures were measured with
+    c.model.quality_head.enabled = False
+    c.model.tiny.widths = (8, 16, 32, 64)
     if backbone != "tiny":
         c.model.head_hidden, c.model.dropout = (1024, 512), 0.5
     return c
