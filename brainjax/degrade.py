@@ -144,8 +144,8 @@ def motion_blur(image: jax.Array, key: jax.Array, length_224: jax.Array) -> jax.
 
     Bilinear sampling at a constant offset is separable, so each tap is two small matrix
     products (`shift_matrix` along rows and columns), not a gather: the same values as
-    `jax.scipy.ndimage.map_coordinates` (tests check it) at ~1/30 of its CPU time
-    (BUILD_NOTES, session 5), which made this corruption the cost of a training chain."""
+    `jax.scipy.ndimage.map_coordinates` (tests check it) at ~1/3 of its CPU time
+    (BUILD_NOTES, session 5); the gathers made this corruption most of a training chain's cost."""
     height, width, _ = image.shape
     length = length_224 * height / REFERENCE_SIZE
     angle = jax.random.uniform(key, (), minval=0.0, maxval=jnp.pi)
@@ -372,7 +372,8 @@ def _ordered_one(image, key, names: Sequence[str], ranges: Sequence[tuple[float,
     """The chain's draw (the same corruptions at the same levels for the same key), applied
     in ACQUISITION_ORDER instead of the drawn order. Each corruption is computed once per
     image instead of once per chain slot (under vmap a per-example `lax.switch` computes
-    every branch), so a training chain over the whole suite costs max_ops x less."""
+    every branch): max_ops x fewer corruptions per image, ~1.9x faster over the whole
+    suite (BUILD_NOTES, session 5)."""
     applied, count, order, levels, op_keys = _draw(key, names, ranges, prob, max_ops)
     used = (jnp.argsort(order) < count) & applied
     out = image
@@ -430,7 +431,7 @@ def augment(images: jax.Array, keys: jax.Array, cfg: Mapping) -> jax.Array:
 
     cfg.flip_lr: random left-right mirroring first (geometry, not a degradation).
     cfg.recipe: 'none' | 'chain' (seed recipe: 1..max_ops corruptions in random order) |
-      'ordered' (the same draw, applied in ACQUISITION_ORDER: max_ops x cheaper) |
+      'ordered' (the same draw, applied in ACQUISITION_ORDER, each corruption computed once) |
       'one' (exactly one random corruption) | 'augmix' (cfg.augmix_width mixed chains).
     cfg.prob: share of images degraded. cfg.max_ops: longest chain (default 3).
     cfg.<name>: (low, high) level range per corruption (units of brainjax.degrade.SEVERITIES);
