@@ -25,8 +25,8 @@ def seed_degrade() -> ml_collections.ConfigDict:
 def mri_degrade() -> ml_collections.ConfigDict:
     """The default: 70% of the images get 1-3 of the nine corruptions that change what
     the scan shows (contrast is invisible after z-scoring), each over the evaluation's
-    severities 1-5, applied in acquisition order ('ordered': the chain's draw at ~half its
-    cost). BUILD_NOTES (session 5) compares it with the seed recipe side by side."""
+    severities 1-5, applied in acquisition order ('ordered': the chain's draw, each
+    corruption computed once). BUILD_NOTES (session 5) compares it with the seed recipe."""
     c = seed_degrade()
     c.update(recipe="ordered", prob=0.7, gaussian_noise=(0.02, 0.4), gaussian_blur=(0.5, 6.0),
              downsample=(0.25, 0.8))
