@@ -10,12 +10,24 @@ acquisition corruptions of `train_degrade`: first the scan varies, then its qual
 dm-pix supplies the ops (`adjust_gamma`, `adjust_brightness`, `adjust_contrast`,
 `affine_transform`); the bias field is brainjax's own corruption (`degrade.bias_field`).
 
+`gin` goes further than a monotone intensity curve: another hospital may use another
+sequence (T1 with contrast vs T2/FLAIR), which re-orders tissue brightness, and a model
+trained on one source learns its brightness as a label shortcut. GIN (global intensity
+non-linear augmentation; Ouyang et al., "Causality-inspired single-source domain
+generalization for medical image segmentation", IEEE TMI 2022) passes the image through a
+shallow convolutional network with fresh random weights per example (4 layers, 2 channels,
+kernel 1 or 3, leaky ReLU; weights and shifts N(0, 1)) and mixes the result with the image
+(alpha ~ U(gin)): tissue contrasts change non-monotonically, even invert, while shapes stay.
+Here it reads the head's z-scores (so the random shifts act at the tissue scale), is
+rescaled to [0, 1] between its 1st and 99th percentiles over the head, and keeps the
+black background of a scan.
+
 cfg fields (a field that is None or absent turns its op off):
   prob: probability that each op is applied to an image (independently per op);
   gamma: (low, high) exponent; brightness: (low, high) additive delta on [0, 1];
   contrast: (low, high) factor around the image mean; bias_field: (low, high) log amplitude;
   rotate_deg: max |rotation| in degrees; scale: (low, high) zoom; translate: max |shift|
-  as a fraction of the side.
+  as a fraction of the side; gin: (low, high) mixing weight alpha of the random network.
 Output stays in [0, 1].
 """
 
@@ -27,12 +39,19 @@ import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
-from brainjax import degrade
+from brainjax import degrade, intensity
 from brainjax.errors import UserError
 
 INTENSITY_OPS: tuple[str, ...] = ("gamma", "brightness", "contrast", "bias_field")
 GEOMETRY_FIELDS: tuple[str, ...] = ("rotate_deg", "scale", "translate")
-FIELDS: tuple[str, ...] = ("prob",) + INTENSITY_OPS + GEOMETRY_FIELDS
+FIELDS: tuple[str, ...] = ("prob",) + INTENSITY_OPS + GEOMETRY_FIELDS + ("gin",)
+# GIN's network, as in the paper: 4 layers, 2 intermediate channels, kernel 1 or 3.
+GIN_LAYERS = 4
+GIN_CHANNELS = 2
+GIN_PERCENTILES = (1.0, 99.0)
+# gin's keys are folded in apart from the other ops' split, so configs without gin draw
+# exactly what they drew before it existed.
+_GIN_STREAM = 0x61A
 
 
 def affine_matrix(angle: jax.Array, scale: jax.Array, shift: jax.Array, height: int, width: int
@@ -78,15 +97,51 @@ def _intensity(image: jax.Array, op: str, key: jax.Array, bounds) -> jax.Array:
     return degrade.bias_field(image, k_op, level)
 
 
+def _gin_layer(x: jax.Array, key: jax.Array, out_channels: int, activate: bool) -> jax.Array:
+    """One random layer on [H, W, C_in]: a 3x3 (or, half the time, 1x1) convolution with
+    N(0, 1) weights and shifts, then leaky ReLU."""
+    k_w, k_b, k_size = jax.random.split(key, 3)
+    kernel = jax.random.normal(k_w, (3, 3, x.shape[-1], out_channels))
+    centre_only = jnp.zeros((3, 3, 1, 1)).at[1, 1].set(1.0)
+    kernel = jnp.where(jax.random.bernoulli(k_size), kernel * centre_only, kernel)
+    y = jax.lax.conv_general_dilated(x[None], kernel, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+    y = y + jax.random.normal(k_b, (out_channels,))
+    return jax.nn.leaky_relu(y) if activate else y
+
+
+def gin(image: jax.Array, key: jax.Array, alpha: jax.Array) -> jax.Array:
+    """GIN on one image [H, W, C] in [0, 1] (module doc): alpha * random_network(image)
+    + (1 - alpha) * image, the network's output rescaled to [0, 1] over the head and the
+    background kept black. Channels are averaged first (MRI slices are grey)."""
+    weights = intensity.foreground_weights(image)
+    z = intensity.standardize(image[None], "zscore_foreground")[0]
+    x = jnp.mean(z, axis=-1, keepdims=True)
+    keys = jax.random.split(key, GIN_LAYERS)
+    for i in range(GIN_LAYERS):
+        last = i == GIN_LAYERS - 1
+        x = _gin_layer(x, keys[i], 1 if last else GIN_CHANNELS, activate=not last)
+    head = jnp.mean(weights, axis=-1, keepdims=True) > 0.5
+    # Robust range over the head: a min/max would let one edge pixel blacken the slice.
+    low, high = jnp.nanpercentile(jnp.where(head, x, jnp.nan), jnp.array(GIN_PERCENTILES))
+    remapped = jnp.clip((x - low) / jnp.maximum(high - low, 1e-6), 0.0, 1.0) * weights
+    return alpha * remapped + (1.0 - alpha) * image
+
+
 def augment_one(image: jax.Array, key: jax.Array, cfg: Mapping) -> jax.Array:
-    """One image [H, W, C] in [0, 1]: affine (if any geometry field is set), then each
-    intensity op in a fixed order, each with probability cfg.prob; clipped to [0, 1]."""
+    """One image [H, W, C] in [0, 1]: affine (if any geometry field is set), then gin
+    (if set: the sequence's contrast), then each intensity op in a fixed order, each with
+    probability cfg.prob; clipped to [0, 1]."""
     prob = float(cfg.get("prob", 0.0))
     keys = jax.random.split(key, 2 * (1 + len(INTENSITY_OPS)))
     out = image
     if any(cfg.get(f) for f in GEOMETRY_FIELDS):
         moved = _geometry(out, keys[0], cfg)
         out = jnp.where(jax.random.bernoulli(keys[1], prob), moved, out)
+    if cfg.get("gin") is not None:
+        k_alpha, k_net, k_apply = jax.random.split(jax.random.fold_in(key, _GIN_STREAM), 3)
+        mixed = jnp.clip(gin(out, k_net, _uniform(k_alpha, cfg["gin"])), 0.0, 1.0)
+        out = jnp.where(jax.random.bernoulli(k_apply, prob), mixed, out)
     for i, op in enumerate(INTENSITY_OPS, start=1):
         if cfg.get(op) is None:
             continue
@@ -110,9 +165,11 @@ def check_config(cfg: Mapping) -> None:
     unknown = sorted(set(cfg) - set(FIELDS))
     if unknown:
         raise UserError(f"train_augment has unknown field(s) {unknown}; known: {list(FIELDS)}")
-    for name in ("gamma", "brightness", "contrast", "bias_field", "scale"):
+    for name in ("gamma", "brightness", "contrast", "bias_field", "scale", "gin"):
         value = cfg.get(name)
         if value is not None and (len(tuple(value)) != 2 or float(value[0]) > float(value[1])):
             raise UserError(f"train_augment.{name} must be a (low, high) pair with low <= high, got {value!r}")
     if cfg.get("gamma") is not None and float(cfg["gamma"][0]) <= 0:
         raise UserError(f"train_augment.gamma must be positive, got {cfg['gamma']!r}")
+    if cfg.get("gin") is not None and not 0.0 <= float(cfg["gin"][0]) <= float(cfg["gin"][1]) <= 1.0:
+        raise UserError(f"train_augment.gin is a mixing weight range within [0, 1], got {cfg['gin']!r}")

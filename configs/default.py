@@ -115,6 +115,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.train_augment = ml_collections.ConfigDict(dict(
         prob=0.0, gamma=(0.7, 1.5), brightness=(-0.1, 0.1), contrast=(0.6, 1.4), bias_field=(0.0, 0.4),
         rotate_deg=10.0, scale=(0.9, 1.1), translate=0.05))
+    # GIN random intensity network's mixing range, e.g. (0.0, 1.0); None: off.
+    c.train_augment.gin = ml_collections.config_dict.placeholder(tuple)
 
     # Evaluation: clean + each corruption at each severity (brainjax.degrade constants).
     # reference_report: report.json of a reference model (e.g. this config trained with
