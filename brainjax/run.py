@@ -25,7 +25,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_fns = evaluators.make_eval_fns(model, tuple(config.eval.corruptions),
                                         bool(config.eval.get("seed_protocol_split")))
     eval_rng = jax.random.split(jax.random.key(config.seed), 3)[2]
-    result = evaluators.evaluate(config, eval_fns, parallel.replicate(variables), pipeline, eval_rng)
+    adapt = evaluators.adapter_from_config(config, model, variables.get("batch_stats", {}))
+    result = evaluators.evaluate(config, eval_fns, parallel.replicate(variables), pipeline, eval_rng, adapt)
     report.write_report(result, workdir)
     return result
 

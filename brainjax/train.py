@@ -154,6 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     finally:
         out.close()
     rvariables = parallel.replicate(steps.model_variables(best["params"], best["batch_stats"]))
-    result = evaluators.evaluate(config, eval_fns, rvariables, pipeline, eval_rng)
+    adapt = evaluators.adapter_from_config(config, model, best["batch_stats"])
+    result = evaluators.evaluate(config, eval_fns, rvariables, pipeline, eval_rng, adapt)
     report.write_report(result, workdir)
     return result

@@ -126,6 +126,10 @@ def get_config() -> ml_collections.ConfigDict:
                      "kspace_undersample", "motion_ghosting", "bias_field", "contrast", "jpeg"),
         severities=(1, 2, 3, 4, 5)))
     c.eval.reference_report = ml_collections.config_dict.placeholder(str)
+    # Test-time BatchNorm adaptation (AdaBN, brainjax/evaluators/adapt.py): score each
+    # evaluated split with BatchNorm statistics re-estimated on its own unlabelled images,
+    # as a new hospital can do with its scans. Transductive: report it as its own protocol.
+    c.eval.adapt_batchnorm = False
     # Calibration (temperature fitted on val_split) and selective prediction: the abstention
     # rule keeps a prediction when its score reaches a threshold fitted on val_split for
     # abstain_target_accuracy. Rules: max_prob (calibrated top probability) | quality

@@ -4,14 +4,16 @@
   predict     compiled eval steps and whole-split predictions gathered over processes
   robustness  the clean + corruption x severity grid, the seed protocol, the test report
   calibration temperature scaling, ECE/NLL/Brier, risk-coverage and abstention thresholds
+  adapt       test-time BatchNorm adaptation (AdaBN) to a split's own unlabelled images
 """
 
 from brainjax.evaluators.metrics import (bootstrap_ci, classification_metrics, loss_and_accuracy,
                                          summarize)
 from brainjax.evaluators.predict import make_eval_fns, predict_outputs, predict_split, real_examples
 from brainjax.evaluators import calibration
+from brainjax.evaluators.adapt import adapter_from_config, make_batchnorm_adapter
 from brainjax.evaluators.robustness import abstain_score, evaluate, evaluate_split, load_reference, robustness_grid, seed_protocol
 
-__all__ = ["abstain_score", "bootstrap_ci", "calibration", "classification_metrics", "evaluate", "evaluate_split", "load_reference",
+__all__ = ["abstain_score", "adapter_from_config", "make_batchnorm_adapter", "bootstrap_ci", "calibration", "classification_metrics", "evaluate", "evaluate_split", "load_reference",
            "loss_and_accuracy", "make_eval_fns", "predict_outputs", "predict_split", "real_examples", "robustness_grid",
            "seed_protocol", "summarize"]

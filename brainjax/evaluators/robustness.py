@@ -7,6 +7,7 @@ report:
    "clean": METRICS,
    "degraded": {corruption: {severity: METRICS + {"level"}}},
    "summary": {"clean_accuracy", "mean_degraded_accuracy", "per_corruption_accuracy", ...},
+   "adaptation": {"method", "on", "passes", "labels_used"} (only with eval.adapt_batchnorm),
    "other_splits": {split: same keys}, "seed_protocol": {...},
    "calibration": {"temperature", "clean": {ece/nll/brier _before/_after}, "degraded_mean": same,
                    "reliability": bins clean before/after},
@@ -107,11 +108,29 @@ def seed_protocol(eval_fns: Mapping, rvariables: Any, pipeline: Any, split: str,
                                             np.concatenate([clean_logits, deg_logits]), names)}
 
 
-def evaluate(config: Any, eval_fns: Mapping, rvariables: Any, pipeline: Any, rng: jax.Array) -> dict:
-    """The report of config.test_split (+ config.eval.extra_splits, + the seed protocol)."""
+def _adapted_to(adapt: Callable | None, rvariables: Any, pipeline: Any, split: str) -> tuple[Any, dict | None]:
+    """(variables to evaluate `split` with, report["adaptation"] or None): with an `adapt`
+    function (evaluators.make_batchnorm_adapter), BatchNorm statistics re-estimated on the
+    split's own images (transductive; its labels are never read)."""
+    if adapt is None:
+        return rvariables, None
+    adapted, passes = adapt(rvariables, lambda: pipeline.eval_batches(split))
+    log.info("adapted BatchNorm statistics to %s's images (%d passes; labels not used)", split, passes)
+    return adapted, {"method": "batchnorm", "on": split, "passes": passes, "labels_used": False}
+
+
+def evaluate(config: Any, eval_fns: Mapping, rvariables: Any, pipeline: Any, rng: jax.Array,
+             adapt: Callable | None = None) -> dict:
+    """The report of config.test_split (+ config.eval.extra_splits, + the seed protocol).
+    `adapt` (config eval.adapt_batchnorm): each evaluated split is scored with BatchNorm
+    statistics adapted to its own images; calibration and the seed protocol keep the
+    trained statistics."""
     reference = load_reference(config.eval.get("reference_report"))
     predictions: dict = {}
-    main = evaluate_split(config, eval_fns, rvariables, pipeline, config.test_split, rng, reference, predictions)
+    test_variables, adaptation = _adapted_to(adapt, rvariables, pipeline, config.test_split)
+    main = evaluate_split(config, eval_fns, test_variables, pipeline, config.test_split, rng, reference, predictions)
+    if adaptation:
+        main["adaptation"] = adaptation
     report = {"dataset": config.dataset, "class_names": pipeline.class_names, **main}
     if config.eval.get("calibration", True):
         validation = predict_outputs(eval_fns[None], rvariables, pipeline.eval_batches(config.val_split), rng)
@@ -127,8 +146,13 @@ def evaluate(config: Any, eval_fns: Mapping, rvariables: Any, pipeline: Any, rng
                  100 * sel["clean"]["coverage_at_threshold"], sel["clean"]["accuracy_at_threshold"])
     extra = [s for s in config.eval.get("extra_splits", ()) if s != config.test_split]
     if extra:
-        report["other_splits"] = {s: evaluate_split(config, eval_fns, rvariables, pipeline, s, rng, reference)
-                                  for s in extra}
+        report["other_splits"] = {}
+        for split in extra:
+            split_variables, adaptation = _adapted_to(adapt, rvariables, pipeline, split)
+            report["other_splits"][split] = evaluate_split(config, eval_fns, split_variables, pipeline, split, rng,
+                                                           reference)
+            if adaptation:
+                report["other_splits"][split]["adaptation"] = adaptation
     if config.eval.get("seed_protocol_split"):
         sp = seed_protocol(eval_fns, rvariables, pipeline, config.eval.seed_protocol_split, rng)
         report["seed_protocol"] = sp
