@@ -17,12 +17,15 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 420  # per process: a hang fails the test instead of the suite
 # BatchNorm (synchronised over all devices) and dropout on; plateau and early stopping
-# with short patience, step-level checkpoints, a few corruptions.
+# with short patience, step-level checkpoints, a few corruptions; the report's splits
+# scored after test-time BatchNorm adaptation (the same statistics on any layout).
 OVERRIDES = ["--config=configs/smoke.py", "--config.num_epochs=4", "--config.model.tiny.batchnorm=True",
              "--config.model.base_batchnorm_train=True", "--config.model.dropout=0.2",
              "--config.schedule.patience=1", "--config.early_stopping.patience=3", "--config.log_every_steps=1",
              "--config.checkpoint_every_steps=5", "--config.eval.corruptions=('gaussian_noise','downsample')",
-             "--config.eval.severities=(1,5)", "--config.eval.extra_splits=('train[90%:]',)"]
+             "--config.eval.severities=(1,5)", "--config.eval.extra_splits=('train[90%:]',)",
+             # test-time BatchNorm adaptation: its moments are summed over both processes
+             "--config.eval.adapt_batchnorm=True"]
 
 
 def _free_port() -> int:
@@ -95,6 +98,7 @@ def test_two_processes_match_one_process_with_four_devices(two_process_run, tmp_
     for sev in report["degraded"].values():
         assert all(np.asarray(m["confusion_matrix"]).sum() == n for m in sev.values())
     assert np.asarray(report["other_splits"]["train[90%:]"]["clean"]["confusion_matrix"]).sum() == 80
+    assert report["adaptation"]["passes"] >= 1 and report["other_splits"]["train[90%:]"]["adaptation"]["on"] == "train[90%:]"
     records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
     assert len({(r["kind"], r["step"]) for r in records}) == len(records)  # process 0 alone writes
 
@@ -103,6 +107,7 @@ def test_two_processes_match_one_process_with_four_devices(two_process_run, tmp_
                           f"--config.data_dir={data_dir}"], cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr[-4000:]
     _assert_same_report(report, _report(single))
+    assert report["adaptation"]["passes"] == _report(single)["adaptation"]["passes"]
     a = [json.loads(l) for l in open(os.path.join(single, "metrics.jsonl")) if '"kind": "epoch"' in l]
     b = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in a] == [r["epoch"] for r in b]  # the same plateau / early-stopping decisions

@@ -15,7 +15,9 @@ BatchNorm): every pass records each BatchNorm layer's input under the current st
 (`flax.linen.intercept_methods`, eval mode), sums its masked moments over devices and
 processes (`psum`: padding never counts, every example counts once), and sets the layer's
 mean and variance. A layer at BatchNorm depth d is exact after d passes; passes stop when
-nothing moves (or at the number of layers, the bound).
+nothing moves (at the latest one pass after the number of layers, the bound). On
+sartaj_robust_gin (9 BatchNorm layers, depth 9) the largest change per pass on test_dedup
+was 0.57, 1.8, 1.4, 13, 1.6, 3.0, 0.62, 0.17, 0.017, then 5e-7 (float error) at pass 10.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def count_batchnorm_layers(batch_stats: Mapping) -> int:
 
 
 def make_batchnorm_adapter(model: Any, batch_stats: Mapping) -> Callable:
-    """adapt(rvariables, batches_fn) -> (adapted rvariables, passes) for this model; a
+    """adapt(rvariables, batches_fn) -> (adapted rvariables, info) for this model; a
     clear error if it has no BatchNorm layer to adapt."""
     layers = count_batchnorm_layers(batch_stats)
     if layers == 0:
@@ -114,10 +116,11 @@ def _pass(step: Callable, rvariables: Any, batches: Iterable[Mapping[str, np.nda
 
 
 def adapt_batchnorm(step: Callable, rvariables: Any, batches_fn: Callable[[], Iterable], *,
-                    max_passes: int) -> tuple[Any, int]:
+                    max_passes: int) -> tuple[Any, dict]:
     """The rvariables with every BatchNorm layer's statistics re-estimated on the images of
     `batches_fn()` (padded eval batches with masks); parameters untouched. Returns them
-    and the number of passes taken (module doc)."""
+    and {"passes": passes taken, "residual": how far the last pass moved a statistic}
+    (module doc; a residual at float error means the fixed point was reached)."""
     stats = parallel.unreplicate(rvariables["batch_stats"])
     for passes in range(1, max_passes + 1):
         moments = _pass(step, rvariables, batches_fn())
@@ -134,4 +137,4 @@ def adapt_batchnorm(step: Callable, rvariables: Any, batches_fn: Callable[[], It
         rvariables = {**rvariables, "batch_stats": parallel.replicate(stats)}
         if moved < TOLERANCE:
             break
-    return rvariables, passes
+    return rvariables, {"passes": passes, "residual": moved}

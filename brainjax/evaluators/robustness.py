@@ -7,7 +7,7 @@ report:
    "clean": METRICS,
    "degraded": {corruption: {severity: METRICS + {"level"}}},
    "summary": {"clean_accuracy", "mean_degraded_accuracy", "per_corruption_accuracy", ...},
-   "adaptation": {"method", "on", "passes", "labels_used"} (only with eval.adapt_batchnorm),
+   "adaptation": {"method", "on", "passes", "residual", "labels_used"} (eval.adapt_batchnorm only),
    "other_splits": {split: same keys}, "seed_protocol": {...},
    "calibration": {"temperature", "clean": {ece/nll/brier _before/_after}, "degraded_mean": same,
                    "reliability": bins clean before/after},
@@ -114,9 +114,10 @@ def _adapted_to(adapt: Callable | None, rvariables: Any, pipeline: Any, split: s
     split's own images (transductive; its labels are never read)."""
     if adapt is None:
         return rvariables, None
-    adapted, passes = adapt(rvariables, lambda: pipeline.eval_batches(split))
-    log.info("adapted BatchNorm statistics to %s's images (%d passes; labels not used)", split, passes)
-    return adapted, {"method": "batchnorm", "on": split, "passes": passes, "labels_used": False}
+    adapted, info = adapt(rvariables, lambda: pipeline.eval_batches(split))
+    log.info("adapted BatchNorm statistics to %s's images (%d passes, last change %.1e; labels not used)",
+             split, info["passes"], info["residual"])
+    return adapted, {"method": "batchnorm", "on": split, **info, "labels_used": False}
 
 
 def evaluate(config: Any, eval_fns: Mapping, rvariables: Any, pipeline: Any, rng: jax.Array,
