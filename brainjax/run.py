@@ -68,6 +68,11 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequen
     if not images:
         return failures
     uint8 = np.stack(images)
+    adapt = evaluators.adapter_from_config(config, model, variables.get("batch_stats", {}))
+    if adapt is not None:  # a new site's scans: BatchNorm statistics from these files
+        variables, info = evaluators.adapt_on_images(adapt, variables, uint8)
+        log.info("adapted BatchNorm statistics to the %d files (%d passes)%s", len(uint8), info["passes"],
+                 "; fewer than 32 images give noisy statistics" if len(uint8) < 32 else "")
     has_quality = model.quality_head is not None
     # The evaluation step itself (clean, no corruption): the same logits and quality score.
     step = jax.jit(functools.partial(steps.eval_step, model=model, with_quality=has_quality))

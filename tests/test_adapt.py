@@ -86,6 +86,19 @@ def test_statistics_do_not_depend_on_the_batch_layout():
                  parallel.unreplicate(one["batch_stats"]), parallel.unreplicate(two["batch_stats"]))
 
 
+def test_adapting_on_a_stack_of_files_equals_adapting_on_the_split():
+    """--mode=predict adapts on its files (one padded batch over the devices): the same
+    statistics as the split's padded eval batches."""
+    model, variables = _model_and_shifted_variables()
+    images = _images(11)
+    adapt = evaluators.make_batchnorm_adapter(model, variables["batch_stats"])
+    split, _ = adapt(parallel.replicate(variables), lambda: _padded_batches(images))
+    files, info = evaluators.adapt_on_images(adapt, variables, images)
+    assert info["passes"] >= 2
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 files["batch_stats"], parallel.unreplicate(split["batch_stats"]))
+
+
 def test_a_model_without_batchnorm_is_a_clear_error():
     model = models.create_model({**MODEL_CFG, "tiny": {"widths": (4, 8), "convs_per_block": 1}}, 4)
     variables = models.init_variables(model, jax.random.key(0), (SIZE, SIZE, 1))

@@ -106,6 +106,20 @@ def adapter_from_config(config: Any, model: Any, batch_stats: Mapping) -> Callab
     return make_batchnorm_adapter(model, batch_stats)
 
 
+def adapt_on_images(adapt: Callable, variables: Mapping, images: np.ndarray) -> tuple[dict, dict]:
+    """Host `variables` adapted to a stack of uint8 images [N, H, W, C] (e.g. the files of
+    `--mode=predict`): one padded batch spread over the local devices, then as
+    `adapt_batchnorm`. Returns (host variables, info)."""
+    devices = jax.local_device_count()
+    per_device = -(-len(images) // devices)
+    padded = np.zeros((devices * per_device, *images.shape[1:]), images.dtype)
+    padded[:len(images)] = images
+    mask = (np.arange(devices * per_device) < len(images)).astype(np.float32)
+    batch = {"image": padded.reshape(devices, per_device, *images.shape[1:]), "mask": mask.reshape(devices, per_device)}
+    adapted, info = adapt(parallel.replicate(variables), lambda: [batch])
+    return parallel.unreplicate(adapted), info
+
+
 def _pass(step: Callable, rvariables: Any, batches: Iterable[Mapping[str, np.ndarray]]) -> dict:
     total: dict = {}
     for batch in batches:
