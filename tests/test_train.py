@@ -272,10 +272,11 @@ def test_synced_batchnorm_step_does_not_depend_on_the_device_split():
     tiny = {"widths": (8, 16), "convs_per_block": 1, "batchnorm": True}
     config = smoke.get_config()
     config.model.tiny, config.model.base_batchnorm_train, config.model.dropout = tiny, True, 0.0
-    # Unstandardised input: with z-scored input the first BatchNorm sees a large mean
-    # (the constant background) against a small spread, and flax's one-pass variance
-    # E[x^2] - E[x]^2 then differs between 8 x 4 and 1 x 32 by ~0.5% (cancellation,
-    # BUILD_NOTES known limits), which Adam's sign-like first step turns into 2 x lr.
+    # Unstandardised input: with z-scored input one or two first-layer weights come out
+    # 2 x lr apart. Adam's first step is +-lr, and their gradients sit at float-rounding
+    # level, so summation order decides the sign. It is not BatchNorm's one-pass variance:
+    # the two-pass one (use_fast_variance=False) fails the same way, and its variance
+    # error here is 4e-7 vs 9e-8 (session 6).
     config.model.standardize = "none"
     plain = models.create_model(config.model, 4)
     synced = models.create_model(config.model, 4, bn_axis_name=parallel.AXIS)
