@@ -51,14 +51,16 @@ def _records(workdir):
     return [json.loads(l) for l in open(path) if l.strip()]
 
 
-def _final(workdir):
-    """(flattened params and batch_stats of the training state, report) of a finished run."""
+def _final(workdir, config=None):
+    """(flattened params and batch_stats of the training state, report) of a finished run
+    (of OVERRIDES' model unless `config` says otherwise)."""
     from configs import smoke
 
-    config = smoke.get_config()
-    config.image_size = 48
-    config.model.tiny.update(widths=(8, 16, 32), convs_per_block=2, batchnorm=True)
-    config.model.base_batchnorm_train = True
+    if config is None:
+        config = smoke.get_config()
+        config.image_size = 48
+        config.model.tiny.update(widths=(8, 16, 32), convs_per_block=2, batchnorm=True)
+        config.model.base_batchnorm_train = True
     state, best, loop = restore_run(workdir, config)
     flat = traverse_util.flatten_dict(jax.device_get({"params": state.params, "stats": state.batch_stats,
                                                       "best": best}))
@@ -72,9 +74,9 @@ def straight(tmp_path_factory, data_dir):
     return workdir
 
 
-def _assert_same_end(a_dir, b_dir):
-    a, report_a, loop_a = _final(a_dir)
-    b, report_b, loop_b = _final(b_dir)
+def _assert_same_end(a_dir, b_dir, config=None):
+    a, report_a, loop_a = _final(a_dir, config)
+    b, report_b, loop_b = _final(b_dir, config)
     assert loop_a["epoch"] == loop_b["epoch"] == EPOCHS
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg="/".join(map(str, k)))  # bitwise on CPU
@@ -145,8 +147,10 @@ def test_crash_at_a_save_and_a_half_written_step_are_harmless(straight, data_dir
     workdir = str(tmp_path / "run")
     config = smoke.get_config()
     config.data_dir = data_dir
-    config.num_epochs, config.image_size = EPOCHS, 48
-    config.model.tiny.update(widths=(8, 16, 32), convs_per_block=2, batchnorm=True)
+    # In-process, on the suite's 8 devices, with its own reference: the smoke model's size
+    # (32 px, 2 narrow conv blocks) keeps its three runs cheap.
+    config.num_epochs = EPOCHS
+    config.model.tiny.update(batchnorm=True)
     config.model.base_batchnorm_train, config.model.dropout = True, 0.2
     config.early_stopping.enabled, config.log_every_steps, config.checkpoint_every_steps = False, 1, EVERY
     config.eval.corruptions, config.eval.severities = ("gaussian_noise",), (3,)
@@ -166,10 +170,10 @@ def test_crash_at_a_save_and_a_half_written_step_are_harmless(straight, data_dir
     train.train_and_evaluate(config, workdir)
     reference = str(tmp_path / "reference")  # uninterrupted, same process layout (8 devices)
     train.train_and_evaluate(config, reference)
-    _assert_same_end(reference, workdir)
+    _assert_same_end(reference, workdir, config)
     epochs = [r for r in _records(workdir) if r["kind"] == "epoch"]
     best_epoch = int(np.argmin([r["val_loss"] for r in epochs]))
-    assert _final(workdir)[2]["best_epoch"] == best_epoch
+    assert _final(workdir, config)[2]["best_epoch"] == best_epoch
 
 
 def test_corrupted_newest_step_is_skipped_with_a_warning(straight, data_dir, tmp_path):
