@@ -19,7 +19,8 @@ log = logging.getLogger("brainjax")
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Re-evaluates the best checkpoint of `workdir` on the test split (every process
-    takes its share; process 0 writes report.json)."""
+    takes its share; process 0 writes report.json, under adapted/ with
+    eval.adapt_batchnorm)."""
     pipeline = train.input_pipeline(config)
     model, variables = inference.restore_for_inference(config, workdir, pipeline.num_classes)
     eval_fns = evaluators.make_eval_fns(model, tuple(config.eval.corruptions),
@@ -27,7 +28,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_rng = jax.random.split(jax.random.key(config.seed), 3)[2]
     adapt = evaluators.adapter_from_config(config, model, variables.get("batch_stats", {}))
     result = evaluators.evaluate(config, eval_fns, parallel.replicate(variables), pipeline, eval_rng, adapt)
-    report.write_report(result, workdir)
+    report.write_report(result, evaluators.report_dir(config, workdir))
     return result
 
 

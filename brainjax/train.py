@@ -156,5 +156,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rvariables = parallel.replicate(steps.model_variables(best["params"], best["batch_stats"]))
     adapt = evaluators.adapter_from_config(config, model, best["batch_stats"])
     result = evaluators.evaluate(config, eval_fns, rvariables, pipeline, eval_rng, adapt)
-    report.write_report(result, workdir)
+    report.write_report(result, evaluators.report_dir(config, workdir))
     return result

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import Any, Callable, Iterable, Mapping
 
 import flax.linen as nn
@@ -97,6 +98,19 @@ def make_batchnorm_adapter(model: Any, batch_stats: Mapping) -> Callable:
                         "(VGG and the tiny CNN without model.tiny.batchnorm have none); set it to False")
     step = parallel.pmap_step(functools.partial(batchnorm_moments_step, model=model), num_broadcast=0)
     return functools.partial(adapt_batchnorm, step, max_passes=layers + 1)
+
+
+ADAPTED_SUBDIR = "adapted"
+
+
+def report_dir(config: Any, workdir: str) -> str:
+    """Where the report goes: <workdir>/adapted/ with eval.adapt_batchnorm (a transductive
+    report never overwrites the plain one in <workdir>/), else <workdir>/."""
+    if not config.eval.get("adapt_batchnorm", False):
+        return workdir
+    path = os.path.join(workdir, ADAPTED_SUBDIR)
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 def adapter_from_config(config: Any, model: Any, batch_stats: Mapping) -> Callable | None:
