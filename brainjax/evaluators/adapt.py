@@ -23,7 +23,6 @@ was 0.57, 1.8, 1.4, 13, 1.6, 3.0, 0.62, 0.17, 0.017, then 5e-7 (float error) at 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from typing import Any, Callable, Iterable, Mapping
 
@@ -35,12 +34,12 @@ import numpy as np
 from brainjax import parallel, steps
 from brainjax.errors import UserError
 
-log = logging.getLogger("brainjax")
-
 # Passes stop once no mean moves by more than this many of its standard deviations, and no
 # variance by more than this fraction.
 TOLERANCE = 1e-4
 _EPS = 1e-5
+# With eval.adapt_batchnorm the report goes to <workdir>/ADAPTED_SUBDIR/.
+ADAPTED_SUBDIR = "adapted"
 
 
 def _path(module: nn.Module) -> tuple[str, ...]:
@@ -98,9 +97,6 @@ def make_batchnorm_adapter(model: Any, batch_stats: Mapping) -> Callable:
                         "(VGG and the tiny CNN without model.tiny.batchnorm have none); set it to False")
     step = parallel.pmap_step(functools.partial(batchnorm_moments_step, model=model), num_broadcast=0)
     return functools.partial(adapt_batchnorm, step, max_passes=layers + 1)
-
-
-ADAPTED_SUBDIR = "adapted"
 
 
 def report_dir(config: Any, workdir: str) -> str:

@@ -127,11 +127,14 @@ def evaluate(config: Any, eval_fns: Mapping, rvariables: Any, pipeline: Any, rng
     statistics adapted to its own images; calibration and the seed protocol keep the
     trained statistics."""
     reference = load_reference(config.eval.get("reference_report"))
+
+    def scored(split: str, predictions: dict | None = None) -> dict:
+        split_variables, adaptation = _adapted_to(adapt, rvariables, pipeline, split)
+        out = evaluate_split(config, eval_fns, split_variables, pipeline, split, rng, reference, predictions)
+        return {**out, "adaptation": adaptation} if adaptation else out
+
     predictions: dict = {}
-    test_variables, adaptation = _adapted_to(adapt, rvariables, pipeline, config.test_split)
-    main = evaluate_split(config, eval_fns, test_variables, pipeline, config.test_split, rng, reference, predictions)
-    if adaptation:
-        main["adaptation"] = adaptation
+    main = scored(config.test_split, predictions)
     report = {"dataset": config.dataset, "class_names": pipeline.class_names, **main}
     if config.eval.get("calibration", True):
         validation = predict_outputs(eval_fns[None], rvariables, pipeline.eval_batches(config.val_split), rng)
@@ -147,13 +150,7 @@ def evaluate(config: Any, eval_fns: Mapping, rvariables: Any, pipeline: Any, rng
                  100 * sel["clean"]["coverage_at_threshold"], sel["clean"]["accuracy_at_threshold"])
     extra = [s for s in config.eval.get("extra_splits", ()) if s != config.test_split]
     if extra:
-        report["other_splits"] = {}
-        for split in extra:
-            split_variables, adaptation = _adapted_to(adapt, rvariables, pipeline, split)
-            report["other_splits"][split] = evaluate_split(config, eval_fns, split_variables, pipeline, split, rng,
-                                                           reference)
-            if adaptation:
-                report["other_splits"][split]["adaptation"] = adaptation
+        report["other_splits"] = {split: scored(split) for split in extra}
     if config.eval.get("seed_protocol_split"):
         sp = seed_protocol(eval_fns, rvariables, pipeline, config.eval.seed_protocol_split, rng)
         report["seed_protocol"] = sp
