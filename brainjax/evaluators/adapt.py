@@ -48,7 +48,7 @@ def _path(module: nn.Module) -> tuple[str, ...]:
 
 def batchnorm_moments_step(variables: Mapping, batch: Mapping[str, jax.Array], *, model: Any,
                            axis_name: str | None = None) -> dict:
-    """{layer path: (count, sum of (x - mean), sum of (x - mean)^2)} of every BatchNorm
+    """{layer path (tuple): (count, sum of (x - mean), sum of (x - mean)^2)} of every BatchNorm
     layer's input over the real (mask 1) examples of the batch, shifted by the layer's
     current mean (so the variance is not a difference of large numbers), summed over the
     device axis (all processes' devices under pmap)."""
@@ -65,7 +65,7 @@ def batchnorm_moments_step(variables: Mapping, batch: Mapping[str, jax.Array], *
             axes = tuple(range(x.ndim - 1))
             d = x - centre
             count = jnp.sum(w) * float(np.prod(x.shape[1:-1]))
-            moments["/".join(path)] = (count, jnp.sum(w * d, axes), jnp.sum(w * d * d, axes))
+            moments[path] = (count, jnp.sum(w * d, axes), jnp.sum(w * d * d, axes))
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(record):
@@ -149,8 +149,8 @@ def adapt_batchnorm(step: Callable, rvariables: Any, batches_fn: Callable[[], It
     for passes in range(1, max_passes + 1):
         moments = _pass(step, rvariables, batches_fn())
         moved = 0.0
-        for key, (count, s1, s2) in moments.items():
-            layer = _lookup(stats, tuple(key.split("/")))
+        for path, (count, s1, s2) in moments.items():
+            layer = _lookup(stats, path)
             n = max(float(count), 1.0)
             shift = s1 / n
             mean = layer["mean"] + shift
