@@ -6,6 +6,10 @@ rename (a half-written step is a temporary directory that is never restored):
   best   {params, batch_stats} of the epoch with the lowest validation loss so far
   loop   JSON: epoch, position in the epoch, plateau / early-stopping counters, the
          running training totals of the current epoch
+Restore never deletes: a step orbax positively reports as incomplete or corrupted is
+renamed `<step>.unreadable` and the previous one used; any other error (an I/O error
+from flaky storage, a MemoryError, a reworded message) stops the run with the files in
+place, and every process restores the same step.
 Keeping the best model inside every step directory makes "latest" and "best" one fact:
 no crash point can leave them naming different epochs (two managers saved one after the
 other could). Saves are asynchronous: the caller hands over host arrays (the only
@@ -15,14 +19,15 @@ so it works whatever optimizer or trainable set the run was trained with.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import shutil
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from brainjax import parallel
 from brainjax.errors import UserError
 
 log = logging.getLogger("brainjax")
@@ -32,14 +37,49 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+# What orbax (and tensorstore beneath it) raises when a step's files are readable but
+# hold another model: the config is wrong, not the checkpoint.
 _MISMATCH_MARKERS = ("tree structures do not match", "shape mismatch", "Requested shape",
                      "does not match the shape", "incompatible shape")
+# tensorstore status codes that positively say the stored bytes are missing or damaged
+# (a truncated or partly deleted step), as opposed to UNAVAILABLE / UNKNOWN / INTERNAL or
+# an OSError from the filesystem, which may be transient and say nothing about the files.
+_CORRUPT_STATUS = ("DATA_LOSS:", "NOT_FOUND:", "OUT_OF_RANGE:")
+_CORRUPT_PRECONDITION = ("truncated", "error decoding", "corrupt")
+
+OK, CORRUPT, MISMATCH, ERROR = 0, 1, 2, 3  # restore outcomes, worst last
 
 
-def _is_config_mismatch(err: Exception) -> bool:
-    """orbax read the checkpoint but its tree or shapes differ from the template."""
+def classify_restore_error(err: BaseException) -> int:
+    """CORRUPT only where orbax / tensorstore positively report a step's files as
+    incomplete or damaged; MISMATCH where they hold another model; ERROR for anything
+    else (an I/O error, MemoryError, permissions, an unknown message): that says nothing
+    about the files, so they must be left alone."""
     text = str(err)
-    return any(marker.lower() in text.lower() for marker in _MISMATCH_MARKERS)
+    lower = text.lower()
+    if any(marker.lower() in lower for marker in _MISMATCH_MARKERS):
+        return MISMATCH
+    if isinstance(err, json.JSONDecodeError):  # a metadata file cut short
+        return CORRUPT
+    if isinstance(err, FileNotFoundError):  # a file of the committed step is missing
+        return CORRUPT
+    if isinstance(err, KeyError) and "was not found in the checkpoint" in text:  # an item directory is missing
+        return CORRUPT
+    if isinstance(err, ValueError):
+        if any(code in text for code in _CORRUPT_STATUS):
+            return CORRUPT
+        if "FAILED_PRECONDITION:" in text and any(m in lower for m in _CORRUPT_PRECONDITION):
+            return CORRUPT
+    return ERROR
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:240]}" if text else type(err).__name__
+
+
+class CheckpointError(UserError):
+    """A checkpoint could not be restored and nothing was changed on disk."""
 
 
 class Checkpoints:
@@ -62,28 +102,75 @@ class Checkpoints:
                                f"(existing steps {self.manager.all_steps()})")
 
     def _restore_newest(self, args_for_step) -> tuple[int, Any] | None:
-        """Restores the newest readable step; an unreadable (corrupted, truncated) newest
-        step is reported, removed (so later saves are not skipped as 'older') and the
-        previous one used."""
+        """Restores the newest readable step, the same one on every process.
+
+        Nothing is ever deleted. A step that orbax positively reports as incomplete or
+        corrupted on any process is renamed to `<step>.unreadable` by process 0 (between
+        two barriers) and the previous step tried. Any other error stops with a
+        `CheckpointError` and leaves every file in place; so does a directory whose
+        steps are all unreadable (never a silent fresh start).
+        """
+        set_aside = self._set_aside_steps()
         for step in sorted(self.manager.all_steps(), reverse=True):
+            restored, outcome, detail = None, OK, ""
             try:
-                return step, self.manager.restore(step, args=args_for_step(step))
-            except Exception as err:  # noqa: BLE001  (orbax raises many types on bad files)
-                path = os.path.join(self.directory, str(step))
-                if _is_config_mismatch(err):
-                    # A readable checkpoint of another model: the config is wrong, not the
-                    # file. Never delete work because of a wrong flag.
-                    raise UserError(
-                        f"checkpoint {path} holds a different model than this config builds "
-                        f"({str(err).splitlines()[0][:160]}); use the config the run was trained with "
-                        f"(saved as {os.path.join(os.path.dirname(self.directory), 'config.json')}), "
-                        "with the same --config.* overrides") from None
-                log.warning("checkpoint %s is unreadable (%s: %s); removing it and using the previous step",
-                            path, type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
-                if jax.process_index() == 0:
-                    shutil.rmtree(path, ignore_errors=True)
-                self.manager.reload()
+                restored = self.manager.restore(step, args=args_for_step(step))
+            except Exception as err:  # noqa: BLE001  (orbax raises many types; classified below)
+                outcome, detail = classify_restore_error(err), _first_line(err)
+            outcomes = parallel.all_process_values(outcome)
+            worst = max(outcomes)
+            path = os.path.join(self.directory, str(step))
+            where = self._where(outcomes, worst)
+            if worst == MISMATCH:
+                raise CheckpointError(
+                    f"checkpoint {path} holds a different model than this config builds"
+                    f"{where} ({detail or 'see the log of the process named'}); use the config the run was "
+                    f"trained with (saved as {os.path.join(os.path.dirname(self.directory), 'config.json')}), "
+                    "with the same --config.* overrides. No checkpoint file was changed.")
+            if worst == ERROR:
+                raise CheckpointError(
+                    f"could not read checkpoint step {step} ({path}){where}: {detail or 'see that process log'}. "
+                    "No checkpoint file was changed or removed; fix the cause (storage, memory, permissions) and "
+                    "rerun the same command to resume from it.")
+            if worst == OK:
+                return step, restored
+            set_aside.append(self._set_aside(step, path, detail or "unreadable on another process"))
+        if set_aside:
+            raise CheckpointError(
+                f"no readable checkpoint in {self.directory}: every step is unreadable and set aside "
+                f"({', '.join(os.path.basename(p) for p in set_aside)}). Nothing was deleted and training did not "
+                "start from scratch over them; restore them from a backup, or train in a new --workdir.")
         return None
+
+    @staticmethod
+    def _where(outcomes: list[int], worst: int) -> str:
+        if len(outcomes) == 1:
+            return ""
+        failing = [i for i, o in enumerate(outcomes) if o == worst]
+        return f" on process{'es' if len(failing) > 1 else ''} {', '.join(map(str, failing))}"
+
+    def _set_aside_steps(self) -> list[str]:
+        """Step directories an earlier run renamed to `<step>.unreadable[.N]`."""
+        if not os.path.isdir(self.directory):
+            return []
+        return sorted(os.path.join(self.directory, d) for d in os.listdir(self.directory) if ".unreadable" in d)
+
+    def _set_aside(self, step: int, path: str, detail: str) -> str:
+        """Renames the unreadable step `path` to `<step>.unreadable` (process 0, between
+        barriers, so no process is still reading it and all see the rename after)."""
+        target = path + ".unreadable"
+        n = 1
+        while os.path.exists(target):
+            target = f"{path}.unreadable.{n}"
+            n += 1
+        parallel.sync(f"checkpoint_set_aside_{step}:before")
+        if parallel.is_main_process():
+            os.rename(path, target)
+        parallel.sync(f"checkpoint_set_aside_{step}:after")
+        log.warning("checkpoint step %d (%s) is unreadable (%s); set aside as %s and using the previous step",
+                    step, path, detail, target)
+        self.manager.reload()
+        return target
 
     def restore(self, state_template: Any, best_template: Any) -> tuple[Any, Any, dict] | None:
         """(state, best, loop) of the newest readable step, or None without checkpoints."""

@@ -120,6 +120,14 @@ def gather_from_processes(tree: Any) -> Any:
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=False))
 
 
+def all_process_values(value: int) -> list[int]:
+    """Every process's integer `value`, indexed by process (a host-level all-gather), so
+    all processes can take the same decision from what each one saw."""
+    if jax.process_count() == 1:
+        return [int(value)]
+    return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.asarray(value, np.int32))).ravel()]
+
+
 def any_process(flag: bool) -> bool:
     """True on every process if `flag` is true on any (a host-level all-gather)."""
     if jax.process_count() == 1:

@@ -45,15 +45,29 @@ class JsonlWriter:
                 f.write(json.dumps(dict(record)) + "\n")
 
     def truncate_after(self, step: int) -> None:
-        """Keeps only records at or before `step` (the checkpoint a resumed run starts from)."""
+        """Keeps only records at or before `step` (the checkpoint a resumed run starts
+        from). A last line cut short by a kill during its append is dropped with a
+        warning; an unparseable line elsewhere is kept as it is (it is not ours to judge)."""
         if not (self.enabled and os.path.exists(self.path)):
             return
         with open(self.path) as f:
             lines = [l for l in f if l.strip()]
-        kept = [l for l in lines if json.loads(l).get("step", 0) <= step]
-        if len(kept) != len(lines):
+        kept = []
+        for i, line in enumerate(lines):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:
+                    log.warning("%s: dropping a torn last line (a run killed while writing it): %r",
+                                self.path, line[:80])
+                else:
+                    kept.append(line)
+                continue
+            if not isinstance(record, dict) or record.get("step", 0) <= step:
+                kept.append(line)
+        if kept != lines:
             with open(self.path + ".tmp", "w") as f:
-                f.writelines(kept)
+                f.writelines(l if l.endswith("\n") else l + "\n" for l in kept)
             os.replace(self.path + ".tmp", self.path)
 
     def close(self) -> None:

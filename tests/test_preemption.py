@@ -187,5 +187,7 @@ def test_corrupted_newest_step_is_skipped_with_a_warning(straight, data_dir, tmp
             with open(os.path.join(dirpath, name), "r+b") as f:
                 f.truncate(max(os.path.getsize(f.name) // 3, 1))
     log = _run(workdir, data_dir, "--mode=evaluate")
-    assert f"checkpoint {newest} is unreadable" in log, log[-3000:]
+    assert f"checkpoint step {steps[-1]} ({newest}) is unreadable" in log, log[-3000:]
+    assert f"set aside as {newest}.unreadable" in log
+    assert os.path.isdir(newest + ".unreadable") and not os.path.exists(newest)  # renamed, never removed
     assert os.path.exists(os.path.join(workdir, "report.json"))
