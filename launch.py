@@ -62,6 +62,13 @@ def parse_flags(argv: list[str]) -> list[str]:
         config_flag_error(err)
 
 
+def config_overrides(argv: list[str]) -> list[str]:
+    """The config paths set on the command line: 'model.standardize' for
+    --config.model.standardize=none (evaluate / predict apply only these to the run's
+    config.json)."""
+    return [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+
+
 define_config_flag()
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "gallery"], "What to do.")
@@ -95,7 +102,8 @@ def main(argv):
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     from brainjax import run
 
-    sys.exit(run.main(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images, explain=FLAGS.explain))
+    sys.exit(run.main(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images, explain=FLAGS.explain,
+                      overrides=config_overrides(sys.argv[1:])))
 
 
 if __name__ == "__main__":

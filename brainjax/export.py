@@ -117,16 +117,6 @@ def export_tflite(fn: Callable, size: int, path: str) -> None:
 EXPORTERS = {"onnx": export_onnx, "savedmodel": export_savedmodel, "tflite": export_tflite}
 
 
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The resolved config a run wrote to <workdir>/config.json."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise UserError(f"{os.path.abspath(workdir)} holds no config.json: not a brainjax run directory "
-                        "(train first: python launch.py --workdir=... --config=...)")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
 def sidecar(config: ml_collections.ConfigDict, workdir: str, fmt: str, temperature: float) -> dict:
     """What a consumer needs besides the file: classes, input, preprocessing, provenance."""
     with open(os.path.join(workdir, "config.json"), "rb") as f:
@@ -168,7 +158,7 @@ def export(workdir: str, fmt: str, out: str | None = None) -> str:
     """Exports the best checkpoint of `workdir`; returns the output path."""
     if fmt not in EXPORTERS:
         raise UserError(f"--format={fmt!r} is not one of {sorted(EXPORTERS)}")
-    config = load_run_config(workdir)
+    config = inference.load_run_config(workdir)
     if config.model.backbone in ("vgg16", "vgg19"):  # same weights; other runtimes have their own conv kernels
         config.model[config.model.backbone] = {**dict(config.model.get(config.model.backbone) or {}),
                                                "conv_impl": "direct"}

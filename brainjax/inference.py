@@ -3,19 +3,136 @@
 The optimizer state is never read, so a model trained with any optimizer or trainable
 set can be evaluated or used for prediction, and no pretrained weight file is needed
 (the checkpoint holds every parameter).
+
+The model is built from the run's own <workdir>/config.json, not from the command line:
+several model fields have no parameters (`model.standardize`, its percentiles,
+`image_size`, `base_batchnorm_train`), so a flag that differs at inference would change
+the model silently while the checkpoint still restores. Command-line overrides of the
+evaluation (`eval.*`) and of data paths apply; one that changes the model is an error.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import ml_collections
 
 from brainjax import checkpoint, models, steps
 from brainjax.errors import UserError
+
+log = logging.getLogger("brainjax")
+
+RUN_CONFIG_FILE = "config.json"
+# Fields that build the model: they must be the run's. model.weights_dir is only where
+# pretrained weights were looked up (a location, not the model).
+MODEL_FIELDS = ("model", "image_size")
+LOCATION_FIELDS = ("model.weights_dir",)
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config a run wrote to <workdir>/config.json."""
+    path = os.path.join(workdir, RUN_CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"{os.path.abspath(workdir)} holds no {RUN_CONFIG_FILE}: not a brainjax run directory "
+                        "(train first: python launch.py --workdir=... --config=...)")
+    try:
+        with open(path) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path} could not be read as the run's config ({type(err).__name__}: {err}); restore it "
+                        "from a backup or pass the training flags to a new run") from None
+
+
+def _plain(value: Any) -> Any:
+    """JSON-comparable form (tuples -> lists, ConfigDicts -> dicts)."""
+    if isinstance(value, ml_collections.ConfigDict):
+        value = value.to_dict()
+    return json.loads(json.dumps(value, default=str))
+
+
+def _lookup(tree: dict, path: str) -> tuple[bool, Any]:
+    node: Any = tree
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return False, None
+        node = node[key]
+    return True, node
+
+
+def _assign(tree: dict, path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def is_model_field(path: str) -> bool:
+    """True for a config path that builds the model (model.* and image_size)."""
+    return path.split(".")[0] in MODEL_FIELDS and path not in LOCATION_FIELDS
+
+
+def model_field_differences(a: Any, b: Any) -> list[tuple[str, Any, Any]]:
+    """(path, value in a, value in b) for every model-building leaf that both configs
+    have and where they differ (a field one of them lacks is from another version)."""
+    flat_a, flat_b = {}, {}
+    for tree, flat in ((_plain(a), flat_a), (_plain(b), flat_b)):
+        stack = [("", tree)]
+        while stack:
+            prefix, node = stack.pop()
+            for key, value in node.items():
+                path = f"{prefix}{key}"
+                if isinstance(value, dict):
+                    stack.append((path + ".", value))
+                elif is_model_field(path):
+                    flat[path] = value
+    return [(k, flat_a[k], flat_b[k]) for k in sorted(set(flat_a) & set(flat_b)) if flat_a[k] != flat_b[k]]
+
+
+def inference_config(flag_config: ml_collections.ConfigDict, workdir: str,
+                     overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """The config to evaluate / predict with: the run's config.json, with the command
+    line's `--config.<path>` overrides (`overrides` lists the paths) applied, except
+    that an override which changes a model field is a UserError naming it. A workdir
+    without config.json (runs older than it) falls back to the flags, with a warning."""
+    path = os.path.join(workdir, RUN_CONFIG_FILE)
+    if not os.path.isfile(path):
+        log.warning("%s has no %s (a run older than it): building the model from the command-line config; "
+                    "it must match the training flags exactly", os.path.abspath(workdir), RUN_CONFIG_FILE)
+        return flag_config
+    run = _plain(load_run_config(workdir))
+    flags = _plain(flag_config)
+    for key in overrides:
+        found, value = _lookup(flags, key)
+        if not found:
+            continue
+        if is_model_field(key):
+            had, trained = _lookup(run, key)
+            if not had or value != trained:
+                raise UserError(
+                    f"--config.{key}={value!r} differs from the run's {key}="
+                    f"{trained if had else '(absent)'!r} ({path}): evaluate, predict and export build the model "
+                    "the run trained. Drop the flag, or train a new run with it.")
+            continue
+        _assign(run, key, value)
+    return ml_collections.ConfigDict(run)
+
+
+def check_same_model(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Training into a workdir whose config.json builds another model (a changed model
+    field with no parameters, e.g. model.standardize, would otherwise resume silently
+    into a different model) is a UserError naming the fields."""
+    if not os.path.isfile(os.path.join(workdir, RUN_CONFIG_FILE)):
+        return
+    diffs = model_field_differences(load_run_config(workdir), config)
+    if diffs:
+        listed = "; ".join(f"{k}: run {a!r}, now {b!r}" for k, a, b in diffs[:6])
+        raise UserError(f"{os.path.join(workdir, RUN_CONFIG_FILE)} was trained with another model ({listed}). "
+                        "Resume with the run's flags, or train the new model in a new --workdir.")
 
 
 def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, num_classes: int) -> tuple[Any, dict]:

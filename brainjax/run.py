@@ -117,9 +117,14 @@ def gallery_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequen
 
 
 def main(config: ml_collections.ConfigDict, workdir: str, mode: str, images: Sequence[str] = (),
-         explain: bool = False) -> int:
-    """Runs one mode; returns the process exit code (0 also after a clean preemption)."""
+         explain: bool = False, overrides: Sequence[str] = ()) -> int:
+    """Runs one mode; returns the process exit code (0 also after a clean preemption).
+    `overrides`: the config paths set on the command line (`--config.<path>=...`);
+    evaluate and predict build the model from the run's config.json and apply only
+    those (inference.inference_config)."""
     try:
+        if mode in ("evaluate", "predict"):
+            config = inference.inference_config(config, workdir, overrides)
         if mode == "train":
             train.train_and_evaluate(config, workdir)
         elif mode == "evaluate":

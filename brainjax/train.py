@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from brainjax import evaluators, feature_cache, loop, models, parallel, partition, report, state, steps, writers
+from brainjax import evaluators, feature_cache, inference, loop, models, parallel, partition, report, state, steps, writers
 from brainjax.errors import UserError
 
 log = logging.getLogger("brainjax")
@@ -109,6 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise UserError("config.fixed_degraded_copy=True (the seed's fixed degraded copies) is implemented for the "
                         "feature-cache path: set config.feature_cache=True (frozen base), or use "
                         "config.train_degrade for random per-step degradation instead")
+    inference.check_same_model(config, workdir)
     write_config(config, workdir)
     pipeline = input_pipeline(config)
     model = models.create_model(config.model, pipeline.num_classes)

@@ -128,11 +128,10 @@ def test_launch_trains_learns_and_reports(trained_workdir):
 def test_evaluate_mode_reproduces_report(trained_workdir, data_dir, tmp_path):
     workdir, _ = trained_workdir
     before = json.load(open(os.path.join(workdir, "report.json")))
+    # No model flags: the model comes from the run's config.json (the smoke config's own
+    # model is another one); a model flag equal to the run's is accepted.
     cmd = [sys.executable, "launch.py", f"--workdir={workdir}", "--config=configs/smoke.py", "--mode=evaluate",
-           f"--config.data_dir={data_dir}", "--config.image_size=48",
-           "--config.model.tiny.widths=(8,16,32)", "--config.model.tiny.convs_per_block=2",
-           "--config.model.tiny.batchnorm=True", "--config.model.base_batchnorm_train=True",
-           "--config.eval_batch_size=16",  # another batch size: same examples, same result
+           f"--config.data_dir={data_dir}", "--config.image_size=48", "--config.eval_batch_size=16",  # another batch size: same examples, same result
            # another optimizer and trainable set: inference restores params + batch_stats only
            "--config.optimizer.grad_clip_norm=1.0", "--config.optimizer.weight_decay=0.01",
            "--config.trainable=('^head/',)"]
@@ -252,7 +251,8 @@ def test_bad_config_flag_is_one_clear_line(tmp_path, flag):
 
 def test_wrong_config_for_a_checkpoint_is_a_clear_error_and_deletes_nothing(trained_workdir, tmp_path):
     """Predicting with another model's flags used to be read as a corrupted checkpoint,
-    and the 'corrupted' steps were removed: a wrong flag must never cost the run."""
+    and the 'corrupted' steps were removed: a wrong flag must never cost the run. Now a
+    model flag that differs from the run's config.json is refused before any restore."""
     from PIL import Image
 
     from brainjax.data import phantom
@@ -262,8 +262,10 @@ def test_wrong_config_for_a_checkpoint_is_a_clear_error_and_deletes_nothing(trai
     image = tmp_path / "scan.png"
     Image.fromarray(phantom.generate_slice(5, 0, 0, 64)[..., 0]).save(image)
     cmd = [sys.executable, "launch.py", f"--workdir={workdir}", "--config=configs/smoke.py", "--mode=predict",
-           f"--images={image}", "--config.image_size=48"]  # the smoke model, not the trained one
+           f"--images={image}", "--config.model.tiny.widths=(8,16)"]  # the smoke model's, not the trained one's
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
-    assert "holds a different model" in out.stderr and "config.json" in out.stderr and "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("brainjax: error:")]
+    assert len(errors) == 1 and "--config.model.tiny.widths=[8, 16] differs from the run's" in errors[0], out.stderr
+    assert "config.json" in errors[0] and "Traceback" not in out.stderr
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == steps_before

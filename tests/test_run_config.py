@@ -1,0 +1,81 @@
+"""Inference builds the model the run trained (issue 21): evaluate / predict read
+<workdir>/config.json; command-line eval.* and data-path overrides apply; a model
+override that differs is one clear error naming the field."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from brainjax import inference, run, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def unstandardized_run(tmp_path_factory, data_dir):
+    """A smoke run trained with model.standardize=none (a field with no parameters)."""
+    from configs import smoke
+
+    config = smoke.get_config()
+    config.data_dir = data_dir
+    config.num_epochs = 1
+    config.model.standardize = "none"
+    config.eval.corruptions, config.eval.severities = ("gaussian_noise",), (3,)
+    workdir = str(tmp_path_factory.mktemp("standardize_none") / "run")
+    train.train_and_evaluate(config, workdir)
+    return workdir
+
+
+def _report(workdir):
+    with open(os.path.join(workdir, "report.json")) as f:
+        return json.load(f)
+
+
+def test_evaluate_without_the_training_flag_reproduces_the_report(unstandardized_run, smoke_config):
+    before = _report(unstandardized_run)
+    assert smoke_config.model.standardize == "zscore"  # what the flags alone would build
+    smoke_config.eval.corruptions, smoke_config.eval.severities = ("gaussian_noise",), (3,)
+    assert run.main(smoke_config, unstandardized_run, "evaluate", overrides=["data_dir"]) == 0
+    after = _report(unstandardized_run)
+    after.pop("seconds", None), before.pop("seconds", None)
+    assert after == before
+
+
+def test_eval_overrides_apply_and_model_overrides_that_differ_are_refused(unstandardized_run, smoke_config):
+    smoke_config.eval.severities = (1, 5)
+    config = inference.inference_config(smoke_config, unstandardized_run, ["eval.severities"])
+    assert list(config.eval.severities) == [1, 5] and config.model.standardize == "none"
+    smoke_config.model.standardize = "none"  # equal to the run's: accepted
+    inference.inference_config(smoke_config, unstandardized_run, ["model.standardize"])
+    smoke_config.image_size = 48
+    with pytest.raises(inference.UserError, match=r"--config.image_size=48 differs from the run's image_size=32"):
+        inference.inference_config(smoke_config, unstandardized_run, ["image_size"])
+
+
+def test_launch_refuses_a_different_model_flag_with_one_line(unstandardized_run):
+    steps_before = sorted(os.listdir(os.path.join(unstandardized_run, "checkpoints")))
+    report_before = open(os.path.join(unstandardized_run, "report.json")).read()
+    out = subprocess.run([sys.executable, "launch.py", f"--workdir={unstandardized_run}", "--config=configs/smoke.py",
+                          "--mode=evaluate", "--config.model.standardize=zscore"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 1
+    errors = [l for l in out.stderr.splitlines() if l.startswith("brainjax: error:")]
+    assert len(errors) == 1 and "model.standardize" in errors[0] and "'none'" in errors[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert sorted(os.listdir(os.path.join(unstandardized_run, "checkpoints"))) == steps_before
+    assert open(os.path.join(unstandardized_run, "report.json")).read() == report_before
+
+
+def test_resuming_training_with_another_model_is_refused(unstandardized_run, smoke_config, capsys):
+    smoke_config.num_epochs = 2  # standardize zscore (the flags' default) into a standardize=none run
+    assert run.main(smoke_config, unstandardized_run, "train") == 1
+    err = capsys.readouterr().err
+    assert "model.standardize: run 'none', now 'zscore'" in err
+
+
+def test_a_run_without_config_json_falls_back_to_the_flags(tmp_path, smoke_config, caplog):
+    assert inference.inference_config(smoke_config, str(tmp_path), ["eval.severities"]) is smoke_config
+    assert "has no config.json" in caplog.text
