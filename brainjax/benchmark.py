@@ -205,14 +205,14 @@ def export_latency(settings: tuple = (("tiny", 64), ("vgg16", 224), ("resnet50v2
             c.model[arch] = {"conv_impl": "direct"}
         model = models.create_model(c.model, 4)
         variables = models.init_variables(model, jax.random.key(0), (size, size, 1))
-        fn = export.probabilities_fn(model, variables)
+        fn, names = export.graph_fn(model, variables, 1.0), export.output_names(model)
         jitted = jax.jit(fn)
         row: dict = {}
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path, tfl_path = os.path.join(tmp, "m.onnx"), os.path.join(tmp, "m.tflite")
             runners: dict = {}
             try:
-                export.export_onnx(fn, size, onnx_path)
+                export.export_onnx(fn, size, onnx_path, names)
                 import onnxruntime as ort
 
                 for threads in (1, 0):
@@ -224,7 +224,7 @@ def export_latency(settings: tuple = (("tiny", 64), ("vgg16", 224), ("resnet50v2
             except ImportError as err:
                 print(f"  onnx skipped: {err}")
             try:
-                export.export_tflite(fn, size, tfl_path)
+                export.export_tflite(fn, size, tfl_path, names)
                 import tensorflow as tf
 
                 for threads in (1, None):
@@ -243,7 +243,7 @@ def export_latency(settings: tuple = (("tiny", 64), ("vgg16", 224), ("resnet50v2
                     runners[f"tflite_{threads or 'default'}_threads"] = run_tfl
             except ImportError as err:
                 print(f"  tflite skipped: {err}")
-            runners["jax_jit"] = lambda x: np.asarray(jitted(x))
+            runners["jax_jit"] = lambda x: np.asarray(jitted(x)[0])
             for batch in (1, 32):
                 x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 1), dtype=np.uint8)
                 for name, run in runners.items():

@@ -2,13 +2,19 @@
 
   python -m brainjax.export --workdir=W --format=onnx|savedmodel|tflite [--out=PATH]
 
-The exported function is the best checkpoint's inference, preprocessing included:
-  images         uint8 [N, H, W, 1] (grayscale; H = W = the config's image_size; N dynamic)
-  probabilities  float32 [N, num_classes], in the order of the sidecar's class_names
-(float conversion, channel replication, the backbone's Keras preprocessing and softmax are
-in the graph, so a consumer feeds plain pixels). A sidecar `<out>.json` names the classes,
-the input size and preprocessing, the brainjax version, a hash of the run's config and
-the run's headline figures.
+The exported function is `inference.serving_fn` of the best checkpoint, the very function
+--mode=predict runs, preprocessing included:
+  images         uint8 [N, H, W, 1] (grayscale; H = W = the run's image_size; N dynamic)
+  probabilities  float32 [N, num_classes]: softmax(logits / T) with the temperature T
+                 fitted at evaluation folded in, in the order of the sidecar's class_names
+  quality        float32 [N], the scan-quality estimate (only for a model with a quality head)
+(float conversion, the model's intensity standardisation, channel replication, the
+backbone's Keras preprocessing and softmax are in the graph, so a consumer feeds plain
+pixels). The model is built from the run's config.json. A sidecar `<out>.json` carries the
+class names as the run saved them, the input size, the standardisation, the temperature,
+the abstention rule and threshold (abstain where max probability, times quality for rule
+'quality', is below it: exactly --mode=predict's ABSTAIN), the brainjax version, a hash of
+the run's config and its headline figures.
 
 Converters (see BUILD_NOTES "Export"): ONNX with jax2onnx (straight from the jaxpr);
 SavedModel with jax.experimental.jax2tf (native serialization) under a tf.function with
@@ -35,46 +41,47 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 import brainjax
 from brainjax import inference
-from brainjax.data.phantom import CLASS_NAMES
 from brainjax.errors import UserError
 
 log = logging.getLogger("brainjax")
 
 FORMATS = {"onnx": ".onnx", "savedmodel": "", "tflite": ".tflite"}
-INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
+INPUT_NAME = "images"
+OUTPUT_NAME = inference.OUTPUT_NAMES[0]  # "probabilities"
 
 
-def probabilities_fn(model: Any, variables: dict, temperature: float = 1.0) -> Callable[[jax.Array], jax.Array]:
-    """uint8 [N, H, W, 1] -> float32 class probabilities [N, K], weights as constants."""
-
-    def probabilities(images: jax.Array) -> jax.Array:
-        x = images.astype(jnp.float32) / 255.0
-        logits = model.apply(variables, x, train=False).astype(jnp.float32)
-        return jax.nn.softmax(logits / temperature, axis=-1)
-
-    return probabilities
+def output_names(model: Any) -> tuple[str, ...]:
+    """The graph's outputs, in order: probabilities, then quality with a quality head."""
+    return inference.OUTPUT_NAMES if model.quality_head is not None else inference.OUTPUT_NAMES[:1]
 
 
-def export_onnx(fn: Callable, size: int, path: str) -> None:
-    """ONNX via jax2onnx, dynamic batch 'N', input 'images' (uint8), output 'probabilities'."""
+def graph_fn(model: Any, variables: dict, temperature: float) -> Callable[[jax.Array], tuple]:
+    """`inference.serving_fn` with its outputs as a tuple in `output_names` order."""
+    serve, names = inference.serving_fn(model, variables, temperature), output_names(model)
+    return lambda images: tuple(serve(images)[name] for name in names)
+
+
+def export_onnx(fn: Callable, size: int, path: str, names: Sequence[str]) -> None:
+    """ONNX via jax2onnx, dynamic batch 'N', input 'images' (uint8), outputs `names`."""
     import onnx
     from jax2onnx import to_onnx
 
     model = to_onnx(fn, [jax.ShapeDtypeStruct(("N", size, size, 1), jnp.uint8)], model_name="brainjax")
     model = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(model.SerializeToString())
-    _rename_io(model)
+    _rename_io(model, names)
     onnx.checker.check_model(model)
     onnx.save(model, path)
 
 
-def _rename_io(model: Any) -> None:
-    """Names the single graph input / output 'images' / 'probabilities' (and their uses)."""
+def _rename_io(model: Any, names: Sequence[str]) -> None:
+    """Names the graph input 'images' and the outputs `names` (and their uses)."""
     graph = model.graph
-    renames = {graph.input[0].name: INPUT_NAME, graph.output[0].name: OUTPUT_NAME}
+    if len(graph.output) != len(names):
+        raise RuntimeError(f"the ONNX graph has {len(graph.output)} outputs, expected {list(names)}")
+    renames = {graph.input[0].name: INPUT_NAME, **{out.name: name for out, name in zip(graph.output, names)}}
     for value in list(graph.input) + list(graph.output) + list(graph.value_info):
         if value.name in renames:
             value.name = renames[value.name]
@@ -83,30 +90,31 @@ def _rename_io(model: Any) -> None:
         node.output[:] = [renames.get(n, n) for n in node.output]
 
 
-def _tf_module(fn: Callable, size: int) -> Any:
+def _tf_module(fn: Callable, size: int, names: Sequence[str]) -> Any:
     import tensorflow as tf
     from jax.experimental import jax2tf
 
     converted = jax2tf.convert(fn, polymorphic_shapes=[f"(n, {size}, {size}, 1)"], with_gradient=False)
     module = tf.Module()
-    module.serve = tf.function(lambda images: {OUTPUT_NAME: converted(images)}, autograph=False,
+    module.serve = tf.function(lambda images: dict(zip(names, converted(images))), autograph=False,
                                input_signature=[tf.TensorSpec([None, size, size, 1], tf.uint8, name=INPUT_NAME)])
     return module
 
 
-def export_savedmodel(fn: Callable, size: int, path: str) -> None:
-    """TF SavedModel with the 'serving_default' signature images -> probabilities."""
+def export_savedmodel(fn: Callable, size: int, path: str, names: Sequence[str]) -> None:
+    """TF SavedModel with the 'serving_default' signature images -> {names}."""
     import tensorflow as tf
 
-    module = _tf_module(fn, size)
+    module = _tf_module(fn, size, names)
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
 
 
-def export_tflite(fn: Callable, size: int, path: str) -> None:
-    """TFLite from the jax2tf concrete function (TF select ops allowed where needed)."""
+def export_tflite(fn: Callable, size: int, path: str, names: Sequence[str]) -> None:
+    """TFLite from the jax2tf concrete function (TF select ops allowed where needed);
+    its 'serving_default' signature runner returns the outputs by name."""
     import tensorflow as tf
 
-    module = _tf_module(fn, size)
+    module = _tf_module(fn, size, names)
     concrete = module.serve.get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
@@ -117,19 +125,34 @@ def export_tflite(fn: Callable, size: int, path: str) -> None:
 EXPORTERS = {"onnx": export_onnx, "savedmodel": export_savedmodel, "tflite": export_tflite}
 
 
-def sidecar(config: ml_collections.ConfigDict, workdir: str, fmt: str, temperature: float) -> dict:
-    """What a consumer needs besides the file: classes, input, preprocessing, provenance."""
-    with open(os.path.join(workdir, "config.json"), "rb") as f:
+def sidecar(config: ml_collections.ConfigDict, workdir: str, fmt: str, class_names: Sequence[str],
+            names: Sequence[str], calibration: dict | None) -> dict:
+    """What a consumer needs besides the file: classes, input, preprocessing, the
+    temperature and abstention rule predict uses, provenance."""
+    with open(os.path.join(workdir, inference.RUN_CONFIG_FILE), "rb") as f:
         config_hash = hashlib.sha256(f.read()).hexdigest()[:16]
-    out = {"format": fmt, "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["N", config.image_size,
-                                                                                     config.image_size, 1]},
-           "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N", len(CLASS_NAMES)]},
-           "class_names": list(CLASS_NAMES), "image_size": int(config.image_size),
-           "preprocessing": ("in the graph: uint8 -> float / 255 -> gray replicated to RGB, x255 -> the "
-                             f"{config.model.backbone} backbone's Keras preprocessing; softmax(logits / "
-                             f"temperature) with temperature {temperature}. Feed grayscale pixels resized to "
-                             f"{config.image_size}x{config.image_size} (bilinear, antialiased) as uint8."),
-           "temperature": temperature, "backbone": config.model.backbone, "brainjax_version": brainjax.__version__,
+    temperature = float(calibration["temperature"]) if calibration else 1.0
+    size = int(config.image_size)
+    shapes = {"probabilities": ["N", len(class_names)], "quality": ["N"]}
+    standardize = str(config.model.get("standardize", "none"))
+    out = {"format": fmt, "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["N", size, size, 1]},
+           "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": shapes[OUTPUT_NAME]},
+           "outputs": [{"name": n, "dtype": "float32", "shape": shapes[n]} for n in names],
+           "class_names": list(class_names), "image_size": size,
+           "standardize": {"method": standardize,
+                           **({"percentiles": list(config.model.standardize_percentiles)}
+                              if standardize == "percentile" else {})},
+           "preprocessing": (f"in the graph: uint8 -> float / 255 -> per-image standardisation ({standardize}) -> "
+                             f"the {config.model.backbone} backbone; softmax(logits / temperature) with temperature "
+                             f"{temperature}. Feed grayscale pixels resized to {size}x{size} (bilinear, antialiased) "
+                             "as uint8."),
+           "temperature": temperature,
+           "abstention": None if calibration is None else {
+               "rule": calibration["rule"], "threshold": float(calibration["thresholds"][calibration["rule"]]),
+               "target_accuracy": calibration.get("target_accuracy"),
+               "how": ("abstain where max(probabilities) " + ("* quality " if calibration["rule"] == "quality" else "")
+                       + "< threshold (what --mode=predict prints as ABSTAIN)")},
+           "backbone": config.model.backbone, "brainjax_version": brainjax.__version__,
            "config_sha256": config_hash}
     report = os.path.join(workdir, "report.json")
     if os.path.isfile(report):
@@ -166,15 +189,20 @@ def export(workdir: str, fmt: str, out: str | None = None) -> str:
     if out == os.path.join(workdir, "export", "model" + FORMATS[fmt]):
         os.makedirs(os.path.dirname(out), exist_ok=True)
     shutil.rmtree(_staging_dir(out))  # fail on an unwritable path before the slow part
-    model, variables = inference.restore_for_inference(config, workdir, len(CLASS_NAMES))
-    temperature = 1.0
-    fn = probabilities_fn(model, variables, temperature)
+    class_names = inference.class_names(config, workdir)
+    model, variables = inference.restore_for_inference(config, workdir, len(class_names))
+    calibration = inference.load_calibration(workdir)
+    if calibration is None:
+        log.warning("no calibration.json in %s (run --mode=evaluate first): exporting the raw softmax "
+                    "(temperature 1) with no abstention rule", workdir)
+    names = output_names(model)
+    fn = graph_fn(model, variables, float(calibration["temperature"]) if calibration else 1.0)
     tmp = _staging_dir(out)
     try:
         target = os.path.join(tmp, os.path.basename(out))
-        EXPORTERS[fmt](fn, int(config.image_size), target)
+        EXPORTERS[fmt](fn, int(config.image_size), target, names)
         with open(os.path.join(tmp, "sidecar.json"), "w") as f:
-            json.dump(sidecar(config, workdir, fmt, temperature), f, indent=2)
+            json.dump(sidecar(config, workdir, fmt, class_names, names, calibration), f, indent=2)
         if os.path.isdir(out):
             shutil.rmtree(out)
         os.replace(target, out)

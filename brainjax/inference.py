@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from brainjax import checkpoint, models, steps
 from brainjax.errors import UserError
@@ -153,6 +155,59 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, num_c
                         f"(python launch.py --workdir={workdir} --config=...)")
     best, _ = restored
     return model, steps.model_variables(best["params"], best["batch_stats"])
+
+
+def class_names(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """The run's class names, in label order: config.json's `class_names` (written from
+    the dataset's metadata at training), else report.json's (runs older than that)."""
+    names = config.get("class_names")
+    if names:
+        return [str(n) for n in names]
+    path = os.path.join(workdir, "report.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            names = json.load(f).get("class_names")
+        if names:
+            return [str(n) for n in names]
+    raise UserError(f"{os.path.abspath(workdir)}: neither config.json nor report.json names the classes (a run older "
+                    f"than both); run python launch.py --workdir={workdir} --mode=evaluate --config=... once to "
+                    "write report.json")
+
+
+OUTPUT_NAMES = ("probabilities", "quality")
+
+
+def serving_fn(model: Any, variables: dict, temperature: float = 1.0) -> Callable[[jax.Array], dict]:
+    """uint8 [N, H, W, 1] -> {"probabilities": softmax(logits / temperature) [N, K],
+    "quality": the quality head's scan-quality estimate [N] (only with a quality head)}.
+
+    This one function is what --mode=predict prints and what `brainjax.export`
+    serialises (weights as constants), so the exported model is the evaluated one."""
+    has_quality = model.quality_head is not None
+
+    def serve(images: jax.Array) -> dict:
+        x = steps.to_float_images(images)
+        out = {}
+        if has_quality:
+            logits, quality_logits = model.apply(variables, x, train=False, with_quality=True)
+            out["quality"] = models.quality_score(quality_logits).astype(jnp.float32)
+        else:
+            logits = model.apply(variables, x, train=False)
+        out["probabilities"] = jax.nn.softmax(logits.astype(jnp.float32) / jnp.float32(temperature), axis=-1)
+        return out
+
+    return serve
+
+
+def abstain_decisions(probabilities: np.ndarray, quality: np.ndarray | None, calibration: dict) -> np.ndarray:
+    """True where the abstention rule fitted at evaluation (calibration.json: rule and
+    threshold) says not to rely on the prediction; what a deployment does with the
+    export sidecar: score = max_prob (x quality for rule 'quality'), abstain if below."""
+    rule = calibration["rule"]
+    if rule == "quality" and quality is None:
+        raise UserError("calibration.json's abstention rule is 'quality' but this model has no quality head")
+    score = probabilities.max(-1) * (quality if rule == "quality" else 1.0)
+    return score < calibration["thresholds"][rule]
 
 
 CALIBRATION_FILE = "calibration.json"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 from typing import Sequence
@@ -48,6 +47,40 @@ def _load_images(paths: Sequence[str], size: int) -> tuple[list, list, int]:
     return images, good, failures
 
 
+def predict_images(config: ml_collections.ConfigDict, workdir: str, paths: Sequence[str]) -> dict:
+    """What --mode=predict computes for the readable files among `paths`: paths,
+    class_names, probabilities (temperature-scaled), quality (None without a quality
+    head), abstain (None without calibration), failures (unreadable files, each with an
+    ERROR line), and the model and variables used. The probabilities come from
+    `inference.serving_fn`, the function `brainjax.export` serialises."""
+    if not paths:
+        raise UserError("--mode=predict needs --images=a.jpg,b.png")
+    class_names = inference.class_names(config, workdir)
+    model, variables = inference.restore_for_inference(config, workdir, len(class_names))
+    cal = inference.load_calibration(workdir)
+    if cal is None:
+        log.warning("no calibration in %s (run --mode=evaluate): raw softmax, no abstention", workdir)
+    images, good, failures = _load_images(paths, config.image_size)
+    out = dict(paths=good, class_names=class_names, failures=failures, model=model, probabilities=None,
+               quality=None, abstain=None, images=None)
+    if not images:
+        out["variables"] = variables
+        return out
+    uint8 = np.stack(images)
+    adapt = evaluators.adapter_from_config(config, model, variables.get("batch_stats", {}))
+    if adapt is not None:  # a new site's scans: BatchNorm statistics from these files
+        variables, info = evaluators.adapt_on_images(adapt, variables, uint8)
+        log.info("adapted BatchNorm statistics to the %d files (%d passes)%s", len(uint8), info["passes"],
+                 "; fewer than 32 images give noisy statistics" if len(uint8) < 32 else "")
+    serve = jax.jit(inference.serving_fn(model, variables, cal["temperature"] if cal else 1.0))
+    result = jax.device_get(serve(uint8))
+    probs = np.asarray(result["probabilities"])
+    quality = np.asarray(result["quality"]) if "quality" in result else None
+    abstain = inference.abstain_decisions(probs, quality, cal) if cal is not None else None
+    out.update(variables=variables, probabilities=probs, quality=quality, abstain=abstain, images=uint8)
+    return out
+
+
 def predict_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequence[str], explain: bool = False) -> int:
     """Prints, per file: the predicted class, the temperature-scaled class probabilities,
     the scan-quality estimate (`quality=`, from the quality head; n/a without one) and
@@ -56,49 +89,26 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequen
     files get an error line. Returns the number of files that could not be predicted."""
     import os
 
-    import brainjax.data
-
-    if not paths:
-        raise UserError("--mode=predict needs --images=a.jpg,b.png")
-    class_names = list(brainjax.data.CLASS_NAMES)
-    model, variables = inference.restore_for_inference(config, workdir, len(class_names))
-    cal = inference.load_calibration(workdir)
-    if cal is None:
-        log.warning("no calibration in %s (run --mode=evaluate): raw softmax, no abstention", workdir)
-    images, good, failures = _load_images(paths, config.image_size)
-    if not images:
-        return failures
-    uint8 = np.stack(images)
-    adapt = evaluators.adapter_from_config(config, model, variables.get("batch_stats", {}))
-    if adapt is not None:  # a new site's scans: BatchNorm statistics from these files
-        variables, info = evaluators.adapt_on_images(adapt, variables, uint8)
-        log.info("adapted BatchNorm statistics to the %d files (%d passes)%s", len(uint8), info["passes"],
-                 "; fewer than 32 images give noisy statistics" if len(uint8) < 32 else "")
-    has_quality = model.quality_head is not None
-    # The evaluation step itself (clean, no corruption): the same logits and quality score.
-    step = jax.jit(functools.partial(steps.eval_step, model=model, with_quality=has_quality))
-    out = step(variables, {"image": uint8, "index": np.arange(len(uint8))}, jax.random.key(0), np.float32(0))
-    logits, quality = (out["logits"], np.asarray(out["quality"])) if has_quality else (out, None)
-    probs = evaluators.calibration.softmax(np.asarray(logits), cal["temperature"] if cal else 1.0)
-    abstain = None
-    if cal is not None:
-        # the rule fitted at evaluation; 'quality' on a model without the head is a clear error
-        abstain = evaluators.abstain_score(probs, quality, cal["rule"]) < cal["thresholds"][cal["rule"]]
-    for i, (path, p) in enumerate(zip(good, probs)):
+    pred = predict_images(config, workdir, paths)
+    if pred["probabilities"] is None:
+        return pred["failures"]
+    class_names, probs, quality, abstain = (pred[k] for k in ("class_names", "probabilities", "quality", "abstain"))
+    for i, (path, p) in enumerate(zip(pred["paths"], probs)):
         ranked = "  ".join(f"{class_names[j]} {p[j]:.3f}" for j in np.argsort(-p))
         q = f"quality={quality[i]:.2f}" if quality is not None else "quality=n/a"
         flag = "  ABSTAIN low quality: do not rely on this prediction" if abstain is not None and abstain[i] else ""
         print(f"{path}: {class_names[int(p.argmax())]}  ({ranked})  {q}{flag}")
     if explain:
-        batch = steps.to_float_images(uint8)
+        model, variables = pred["model"], pred["variables"]
+        batch = steps.to_float_images(pred["images"])
         heatmaps = np.asarray(jax.jit(lambda v, x: explain_lib.grad_cam(model, v, x))(variables, batch))
         os.makedirs(os.path.join(workdir, "explain"), exist_ok=True)
-        for path, image, heat, p in zip(good, np.asarray(batch), heatmaps, probs):
+        for path, image, heat, p in zip(pred["paths"], np.asarray(batch), heatmaps, probs):
             out_path = os.path.join(workdir, "explain", os.path.splitext(os.path.basename(path))[0] + ".png")
             report.save_overlay(image[..., 0], heat, out_path,
                                 title=f"{os.path.basename(path)}: {class_names[int(p.argmax())]} {p.max():.2f}")
             print(f"{path}: wrote {out_path}")
-    return failures
+    return pred["failures"]
 
 
 def gallery_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequence[str]) -> int:

@@ -10,6 +10,7 @@ fixed inputs). Both go through the one loop and the same final evaluation.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
@@ -25,12 +26,18 @@ from brainjax.errors import UserError
 log = logging.getLogger("brainjax")
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """<workdir>/config.json, the resolved config of the run (process 0)."""
+def write_config(config: ml_collections.ConfigDict, workdir: str, class_names: list[str]) -> None:
+    """<workdir>/config.json (process 0): the resolved config of the run, and the class
+    names of its dataset in label order, from which evaluate, predict and export build
+    the model."""
     os.makedirs(workdir, exist_ok=True)
     if parallel.is_main_process():
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        record = json.loads(config.to_json_best_effort())
+        record["class_names"] = list(class_names)
+        path = os.path.join(workdir, "config.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f, indent=2)
+        os.replace(path + ".tmp", path)
 
 
 def input_pipeline(config: ml_collections.ConfigDict) -> Any:
@@ -110,8 +117,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         "feature-cache path: set config.feature_cache=True (frozen base), or use "
                         "config.train_degrade for random per-step degradation instead")
     inference.check_same_model(config, workdir)
-    write_config(config, workdir)
     pipeline = input_pipeline(config)
+    write_config(config, workdir, pipeline.class_names)
     model = models.create_model(config.model, pipeline.num_classes)
     init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 3)
     if cached:

@@ -11,11 +11,12 @@ import jax
 import numpy as np
 import pytest
 
-from brainjax import checkpoint, export, models, steps
+from brainjax import checkpoint, export, inference, models, steps
 from brainjax import state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4
+CLASS_NAMES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 
 
 def _fake_run(tmp_path, backbone: str, size: int, **model_options):
@@ -30,8 +31,10 @@ def _fake_run(tmp_path, backbone: str, size: int, **model_options):
     config.model.update(model_options)
     workdir = str(tmp_path / backbone)
     os.makedirs(workdir)
+    record = json.loads(config.to_json_best_effort())
+    record["class_names"] = list(CLASS_NAMES)  # what a training run writes beside the config
     with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort())
+        json.dump(record, f)
     model = models.create_model(config.model, 4)
     state, _, _ = state_lib.create_train_state(config, model, 4, jax.random.key(1), 1)
     best = {"params": state.params, "batch_stats": state.batch_stats}
@@ -47,7 +50,7 @@ def _images(n, size, seed=0):
 
 
 def _reference(model, variables, images):
-    return np.asarray(export.probabilities_fn(model, variables)(images))
+    return np.asarray(inference.serving_fn(model, variables)(images)["probabilities"])
 
 
 def _run_onnx(path, images):
@@ -67,13 +70,8 @@ def _run_savedmodel(path, images):
 def _run_tflite(path, images):
     import tensorflow as tf
 
-    interpreter = tf.lite.Interpreter(model_path=path)
-    inp = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(inp["index"], images.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(inp["index"], images)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    runner = tf.lite.Interpreter(model_path=path).get_signature_runner("serving_default")
+    return runner(images=images)["probabilities"]
 
 
 RUNNERS = {"onnx": _run_onnx, "savedmodel": _run_savedmodel, "tflite": _run_tflite}
@@ -147,6 +145,9 @@ def test_readme_onnx_runner_classifies_a_jpeg_without_brainjax(tmp_path):
     block = readme.split("Classifying a JPEG without brainjax")[1].split("```python\n")[1].split("```")[0]
     assert len(block.strip().splitlines()) <= 12
     workdir, model, variables = _fake_run(tmp_path, "tiny", 32)
+    # an abstention rule no prediction can pass: the runner must say ABSTAIN
+    with open(os.path.join(workdir, inference.CALIBRATION_FILE), "w") as f:
+        json.dump({"temperature": 1.3, "rule": "max_prob", "target_accuracy": 0.95, "thresholds": {"max_prob": 1.01}}, f)
     path = export.export(workdir, "onnx")
     jpeg = tmp_path / "scan.jpg"
     Image.fromarray(phantom.generate_slice(3, 0, 1, 32)[..., 0]).save(jpeg, quality=95)
@@ -157,6 +158,93 @@ def test_readme_onnx_runner_classifies_a_jpeg_without_brainjax(tmp_path):
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     name, _ = out.stdout.split(" ", 1)
+    assert out.stdout.strip().endswith("ABSTAIN")
     image = np.asarray(Image.open(jpeg).convert("L").resize((32, 32), Image.BILINEAR), np.uint8)[None, :, :, None]
     want = _reference(model, variables, image)[0]
     assert name == ["glioma", "meningioma", "no_tumor", "pituitary"][int(want.argmax())]
+
+
+@pytest.fixture(scope="module")
+def scan_files(tmp_path_factory):
+    """Real image files on disk: phantom slices as PNG and JPEG, two of them noisy."""
+    from PIL import Image
+
+    from brainjax.data import phantom
+
+    folder = tmp_path_factory.mktemp("scans")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(8):
+        pixels = phantom.generate_slice(20, i, i % 4, 64)[..., 0].astype(np.float32)
+        if i >= 6:
+            pixels = np.clip(pixels + rng.normal(0, 60, pixels.shape), 0, 255)
+        path = folder / (f"scan{i}.png" if i % 2 else f"scan{i}.jpg")
+        Image.fromarray(pixels.astype(np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.parametrize("standardize,rule", [("zscore", "quality"), ("zscore_foreground", "max_prob"),
+                                              ("percentile", "max_prob")])
+def test_exported_onnx_equals_predict_on_image_files(smoke_config, tmp_path, scan_files, capsys, standardize, rule):
+    """Trained (1 epoch) and calibrated through the real code path; --mode=predict's
+    probabilities and ABSTAIN decisions against the ONNX file's, run in onnxruntime
+    with the sidecar's abstention rule, on the same files."""
+    pytest.importorskip("jax2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from brainjax import run, train
+
+    config = smoke_config
+    config.num_epochs, config.optimizer.learning_rate, config.train_degrade.recipe = 3, 3e-3, "none"
+    config.model.standardize = standardize
+    config.model.quality_head.enabled = rule == "quality"
+    config.eval.abstain_rule = rule
+    config.eval.corruptions, config.eval.severities = ("gaussian_noise",), (4,)
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(config, workdir)
+    cal = inference.load_calibration(workdir)
+    assert abs(cal["temperature"] - 1.0) > 1e-3  # the fold-in is visible
+
+    run_config = inference.inference_config(config, workdir)
+    # The fitted threshold (95% accuracy on validation) abstains on every file of a weak
+    # 3-epoch model; move it into the widest gap between these files' scores so both
+    # decisions occur and a float-level difference cannot flip one.
+    first = run.predict_images(run_config, workdir, scan_files)
+    scores = np.sort(first["probabilities"].max(-1) * (first["quality"] if rule == "quality" else 1.0))
+    gap = int(np.argmax(np.diff(scores)[1:-1])) + 1
+    cal["thresholds"][rule] = float(scores[gap] + scores[gap + 1]) / 2
+    with open(os.path.join(workdir, inference.CALIBRATION_FILE), "w") as f:
+        json.dump(cal, f)
+    pred = run.predict_images(run_config, workdir, scan_files)
+    assert 0 < sum(pred["abstain"]) < len(scan_files)
+    assert run.predict_files(run_config, workdir, scan_files) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [("ABSTAIN" in line) for line in printed] == list(pred["abstain"])
+
+    path = export.export(workdir, "onnx")
+    side = json.load(open(path + ".json"))
+    assert side["temperature"] == cal["temperature"] and side["standardize"]["method"] == standardize
+    assert side["abstention"]["rule"] == rule and side["class_names"] == CLASS_NAMES
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [o["name"] for o in side["outputs"]]
+    assert [o.name for o in sess.get_outputs()] == names == (["probabilities", "quality"] if rule == "quality"
+                                                             else ["probabilities"])
+    outputs = dict(zip(names, sess.run(names, {"images": pred["images"]})))
+    worst = float(np.abs(outputs["probabilities"] - pred["probabilities"]).max())
+    print(f"{standardize}: max |onnx - predict| = {worst:.2e}, T = {cal['temperature']:.3f}, "
+          f"abstain {list(pred['abstain'])}")
+    assert worst <= TOL
+    score = outputs["probabilities"].max(-1) * (outputs["quality"] if rule == "quality" else 1.0)
+    assert list(score < side["abstention"]["threshold"]) == list(pred["abstain"])
+
+
+def test_onnx_export_needs_no_tensorflow_datasets(tmp_path):
+    """A runtime install without tensorflow-datasets (or TensorFlow) exports to ONNX."""
+    pytest.importorskip("jax2onnx")
+    workdir, _, _ = _fake_run(tmp_path, "tiny", 32)
+    script = ("import sys; sys.modules['tensorflow_datasets'] = None; sys.modules['tensorflow'] = None\n"
+              "from brainjax import export; sys.exit(export.main(sys.argv[1:]))\n")
+    out = subprocess.run([sys.executable, "-c", script, f"--workdir={workdir}", "--format=onnx"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert os.path.isfile(os.path.join(workdir, "export", "model.onnx"))
