@@ -45,6 +45,19 @@ def labels(params: Any, patterns: Sequence[str]) -> Any:
     return traverse_util.unflatten_dict(out)
 
 
+def with_head_trained(patterns: Sequence[str], params: Any, head: str) -> tuple[tuple[str, ...], bool]:
+    """(patterns, added): `patterns` plus '^<head>/' when the model has parameters under
+    `head` and the patterns leave every one of them frozen (a head trained by its own
+    loss, like the quality head, would otherwise stay at its random init and report
+    noise, silently). `added` says whether the pattern was added."""
+    patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+    names = [n for n in path_names(params) if n.startswith(head + "/")]
+    compiled = [re.compile(p) for p in patterns]
+    if not names or any(p.search(n) for p in compiled for n in names):
+        return patterns, False
+    return (*patterns, f"^{head}/"), True
+
+
 def split(tree: Any, label_tree: Any) -> tuple[dict, dict]:
     """(trainable, frozen) nested dicts; merging them gives `tree` back."""
     flat, flat_labels = traverse_util.flatten_dict(tree), traverse_util.flatten_dict(label_tree)

@@ -6,6 +6,7 @@ state and the loop (`brainjax.loop`) owns it while training.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping
 
 import flax
@@ -17,6 +18,8 @@ import optax
 from brainjax import models, parallel, partition
 from brainjax.models import keras_weights
 from brainjax.errors import UserError
+
+log = logging.getLogger("brainjax")
 
 
 @flax.struct.dataclass
@@ -71,7 +74,12 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any, num_classe
     if variables is None:
         variables = initial_variables(config, model, rng)
     params = variables["params"]
-    label_tree = partition.labels(params, config.trainable)
+    patterns, added = partition.with_head_trained(config.trainable, params, "quality_head")
+    if added:
+        log.info("config.trainable %s leaves the quality head frozen at its random init; training it too "
+                 "('^quality_head/' added): its loss is quality_loss_weight, and quality= / abstain_rule=quality "
+                 "read it", list(config.trainable))
+    label_tree = partition.labels(params, patterns)
     tx = make_optimizer(config, label_tree, steps_per_epoch)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
                        opt_state=tx.init(params), lr_scale=jnp.ones((), jnp.float32))
