@@ -22,6 +22,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval.adapt_batchnorm)."""
     pipeline = train.input_pipeline(config)
     model, variables = inference.restore_for_inference(config, workdir, pipeline.num_classes)
+    evaluators.check_config(config, model, variables.get("batch_stats", {}))
     eval_fns = evaluators.make_eval_fns(model, tuple(config.eval.corruptions),
                                         bool(config.eval.get("seed_protocol_split")))
     eval_rng = jax.random.split(jax.random.key(config.seed), 3)[2]

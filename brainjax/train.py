@@ -128,6 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         steps_per_epoch = pipeline.steps_per_epoch(config.train_split)
     host_state, tx, label_tree = state.create_train_state(config, model, pipeline.num_classes, init_rng,
                                                           steps_per_epoch)
+    evaluators.check_config(config, model, host_state.batch_stats)  # before training, not after it
     trainable, frozen = partition.split(host_state.params, label_tree)
     log.info("model %s/%s: %s trainable, %s frozen params; %d local devices, %d processes; %d steps/epoch",
              config.model.backbone, config.model.head, f"{partition.count(trainable):,}",

@@ -79,3 +79,22 @@ def test_resuming_training_with_another_model_is_refused(unstandardized_run, smo
 def test_a_run_without_config_json_falls_back_to_the_flags(tmp_path, smoke_config, caplog):
     assert inference.inference_config(smoke_config, str(tmp_path), ["eval.severities"]) is smoke_config
     assert "has no config.json" in caplog.text
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("eval.corruptions", ("gaussian_noise", "gausian_blur"), "unknown corruption(s) ['gausian_blur']"),
+    ("eval.severities", (1, 6), "eval.severities must be integers in 1..5, got 6"),
+    ("eval.abstain_rule", "quality", "needs a quality head"),
+    ("eval.abstain_rule", "entropy", "eval.abstain_rule must be one of"),
+    ("eval.reference_report", "/nonexistent/report.json", "reference_report=/nonexistent/report.json does not exist"),
+    ("eval.adapt_batchnorm", True, "no BatchNorm layer"),  # the smoke CNN has none
+])
+def test_evaluation_config_errors_come_before_training(smoke_config, tmp_path, field, value, message):
+    section, name = field.split(".")
+    smoke_config[section][name] = value
+    workdir = str(tmp_path / "run")
+    with pytest.raises(inference.UserError) as err:
+        train.train_and_evaluate(smoke_config, workdir)
+    assert message in str(err.value)
+    assert not os.path.exists(os.path.join(workdir, "checkpoints"))  # not one step was trained
+    assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))

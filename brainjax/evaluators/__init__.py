@@ -12,8 +12,8 @@ from brainjax.evaluators.metrics import (bootstrap_ci, classification_metrics, l
 from brainjax.evaluators.predict import make_eval_fns, predict_outputs, predict_split, real_examples
 from brainjax.evaluators import calibration
 from brainjax.evaluators.adapt import adapt_on_images, adapter_from_config, make_batchnorm_adapter, report_dir
-from brainjax.evaluators.robustness import abstain_score, evaluate, evaluate_split, load_reference, robustness_grid, seed_protocol
+from brainjax.evaluators.robustness import abstain_score, check_config, evaluate, evaluate_split, load_reference, robustness_grid, seed_protocol
 
-__all__ = ["abstain_score", "adapt_on_images", "adapter_from_config", "make_batchnorm_adapter", "report_dir", "bootstrap_ci", "calibration", "classification_metrics", "evaluate", "evaluate_split", "load_reference",
+__all__ = ["abstain_score", "check_config", "adapt_on_images", "adapter_from_config", "make_batchnorm_adapter", "report_dir", "bootstrap_ci", "calibration", "classification_metrics", "evaluate", "evaluate_split", "load_reference",
            "loss_and_accuracy", "make_eval_fns", "predict_outputs", "predict_split", "real_examples", "robustness_grid",
            "seed_protocol", "summarize"]

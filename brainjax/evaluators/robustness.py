@@ -31,6 +31,7 @@ import numpy as np
 from brainjax import degrade
 from brainjax.errors import UserError
 from brainjax.evaluators import calibration
+from brainjax.evaluators.adapt import make_batchnorm_adapter
 from brainjax.evaluators.metrics import classification_metrics, summarize
 from brainjax.evaluators.predict import predict_outputs, predict_split
 
@@ -59,6 +60,24 @@ def robustness_grid(eval_fns: Mapping[str | None, Callable], rvariables: Any, ba
             degraded[name][str(severity)] = {"level": level,
                                              **classification_metrics(out["label"], out["logits"], class_names)}
     return clean, degraded
+
+
+def check_config(config: Any, model: Any, batch_stats: Mapping) -> None:
+    """The evaluation settings a run will need after training, checked before its first
+    step: a typo in eval.* must not cost a whole training run."""
+    corruptions, severities = tuple(config.eval.corruptions), tuple(config.eval.severities)
+    if corruptions and not severities:
+        raise UserError("eval.severities is empty while eval.corruptions names corruptions; give severities in 1..5")
+    for severity in severities:
+        if not isinstance(severity, int) or isinstance(severity, bool) or not 1 <= severity <= 5:
+            raise UserError(f"eval.severities must be integers in 1..5, got {severity!r}")
+    unknown = [name for name in corruptions if name not in degrade.NAMES]
+    if unknown:
+        raise UserError(f"eval.corruptions: unknown corruption(s) {unknown}; expected names from {degrade.NAMES}")
+    check_abstain_rule(config.eval.get("abstain_rule", "max_prob"), getattr(model, "quality_head", None) is not None)
+    load_reference(config.eval.get("reference_report"))
+    if config.eval.get("adapt_batchnorm", False):
+        make_batchnorm_adapter(model, batch_stats)
 
 
 def load_reference(path: str | None) -> dict | None:
