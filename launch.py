@@ -80,6 +80,11 @@ flags.DEFINE_bool("distributed", False, "Join a multi-process run: jax.distribut
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --distributed).")
 flags.DEFINE_integer("num_processes", None, "Number of processes in the run (implies --distributed).")
 flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1 (implies --distributed).")
+flags.DEFINE_integer("heartbeat_timeout_seconds", 100, "Several processes: a process that sends no heartbeat for "
+                     "this long is declared lost, and the others stop (JAX's coordination service).")
+flags.DEFINE_integer("preempted_exit_code", 0, "Exit code after SIGTERM / Ctrl-C saved a checkpoint at the current "
+                     "step (0 by default). Set e.g. 143 so a job controller (Slurm requeue, a Kubernetes restart "
+                     "policy) can tell 'preempted, rerun me to resume' from 'finished' (0) and 'failed' (1).")
 flags.mark_flag_as_required("workdir")
 
 
@@ -99,11 +104,21 @@ def main(argv):
     if FLAGS.distributed or any(v is not None for v in explicit):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes; GPUs use NCCL
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-    from brainjax import run
+                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+                                   heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
+    from brainjax import parallel, run
 
-    sys.exit(run.main(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images, explain=FLAGS.explain,
-                      overrides=config_overrides(sys.argv[1:])))
+    # a process silent for half the heartbeat timeout is declared lost, with a line naming it
+    parallel.watch_for_peer_failure(stale_s=max(FLAGS.heartbeat_timeout_seconds / 2, 5.0))
+    code = run.main(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images, explain=FLAGS.explain,
+                    overrides=config_overrides(sys.argv[1:]), preempted_exit_code=FLAGS.preempted_exit_code,
+                    heartbeat_timeout_s=FLAGS.heartbeat_timeout_seconds)
+    if code not in (0, FLAGS.preempted_exit_code) and jax.process_count() > 1:
+        # The others are gone or going: jax.distributed's exit-time shutdown barrier
+        # would wait for them for minutes. Leave now, with the error already printed.
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

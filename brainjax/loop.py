@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -84,10 +85,13 @@ class Plateau:
 class PreemptionSignals:
     """Context manager: SIGTERM / SIGINT set a flag instead of killing the process, so the
     loop can finish the step, checkpoint and exit. With several processes SIGTERM is left
-    to JAX's preemption sync manager (all processes stop at the same step)."""
+    to JAX's preemption sync manager (all processes stop at the same step), and Ctrl-C
+    on any one process is turned into a SIGTERM to itself, so it goes through the same
+    sync point instead of saving alone while the others wait in a collective."""
 
     def __init__(self):
         self.received: int | None = None
+        self.interrupted = False
         self._old: dict = {}
 
     def __enter__(self) -> "PreemptionSignals":
@@ -99,8 +103,14 @@ class PreemptionSignals:
 
     def _handle(self, signum, frame) -> None:
         del frame
-        if self.received is not None and signum == signal.SIGINT:
+        if signum == signal.SIGINT and (self.interrupted or self.received is not None):
             raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        if signum == signal.SIGINT and jax.process_count() > 1:
+            self.interrupted = True
+            log.warning("Ctrl-C: every process will save a checkpoint at the same step and stop (Ctrl-C again to "
+                        "stop at once)")
+            os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notifier: every process, same step
+            return
         self.received = signum
 
     def __exit__(self, *exc) -> None:
@@ -234,7 +244,8 @@ def _fit(config, ckpt, *, state, step_fn, source, validate, rng, writers, tag, w
 
     def stop_for_preemption(step: int) -> None:
         ckpt.wait()
-        name = signal.Signals(signals.received).name if signals.received else "preemption notice"
+        name = (signal.Signals(signals.received).name if signals.received
+                else "Ctrl-C" if signals.interrupted else "preemption notice")
         log.warning("%s: saved a checkpoint at step %d (epoch %d, step %d of %d) in %s; rerun the same "
                     "command to resume from it", name, step, progress["epoch"] + (progress["step_in_epoch"] > 0),
                     progress["step_in_epoch"] or steps_per_epoch, steps_per_epoch, ckpt.directory)

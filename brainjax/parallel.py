@@ -13,9 +13,14 @@ collectives span all devices of all processes; host-side agreement between proce
 
 from __future__ import annotations
 
+import atexit
 import collections
 import functools
 import itertools
+import os
+import sys
+import threading
+import time
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import jax
@@ -149,3 +154,132 @@ def preemption_sync_point(step: int) -> bool:
 
 
 _preemption_sync_available = True
+
+
+# ---------------------------------------------------------------------------------------
+# Failure across processes. Without this, one process's exception or death leaves the
+# others blocked in a collective until JAX's heartbeat timeout aborts them with a C++
+# stack trace that never says what went wrong. Every process runs a watcher thread that,
+# once a second, (1) posts a liveness counter and (2) reads the others' counters and any
+# failure notice from the coordination service's key-value store (one RPC each). A
+# failing process posts its error (`report_failure`); a process whose counter stops
+# moving for `stale_s` (kill -9, a crash, a hang) is declared lost. Either way every
+# other process prints one line naming the process and the cause and exits with code 1,
+# even while its main thread is blocked in a collective.
+
+KV_PREFIX = "brainjax/"
+FAILURE_KEY = KV_PREFIX + "failed"
+ALIVE_PREFIX = KV_PREFIX + "alive/"
+DONE_PREFIX = KV_PREFIX + "done/"
+ACK_PREFIX = KV_PREFIX + "ack/"
+_watch_stop = threading.Event()
+
+
+def _coordination_client() -> Any:
+    # JAX has no public handle on its coordination service's key-value store;
+    # multihost_utils reaches it the same way.
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
+def _stop_process(line: str) -> None:
+    print(f"brainjax: error: {line}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def watch_for_peer_failure(stale_s: float = 50.0, period_s: float = 1.0) -> None:
+    """With several processes: starts the watcher thread described above (no-op with
+    one process). `stale_s`: how long another process's liveness counter may stand
+    still before it is declared lost (keep it well above any pause of a healthy
+    process; JAX's own heartbeat timeout is the backstop). A process that exits
+    normally posts `done/<i>` first, so finishing early is not dying."""
+    if jax.process_count() == 1:
+        return
+    client, me = _coordination_client(), jax.process_index()
+
+    def watch() -> None:
+        beat, moved, coordinator_lost_at = 0, {}, None
+        while not _watch_stop.wait(period_s):
+            beat += 1
+            now = time.monotonic()
+            try:
+                client.key_value_set(f"{ALIVE_PREFIX}{me}", str(beat), allow_overwrite=True)
+                entries = dict(client.key_value_dir_get(KV_PREFIX))
+            except Exception as err:  # noqa: BLE001  (the coordination service, process 0's, is unreachable)
+                coordinator_lost_at = coordinator_lost_at or now
+                if now - coordinator_lost_at > stale_s and not _watch_stop.is_set():
+                    _stop_process(f"process 0 (the coordinator) was lost: unreachable for {stale_s:.0f} s "
+                                  f"({type(err).__name__}); process {me} stops too")
+                continue
+            coordinator_lost_at = None
+            notice = entries.get(FAILURE_KEY)
+            if notice is not None:
+                failed, _, message = notice.partition("\t")
+                if int(failed) == me:
+                    return
+                try:
+                    client.key_value_set(f"{ACK_PREFIX}{me}", "1", allow_overwrite=True)
+                except Exception:  # noqa: BLE001
+                    pass
+                _stop_process(f"process {failed} failed: {message}; process {me} stops too")
+            for key, value in entries.items():
+                if not key.startswith(ALIVE_PREFIX):
+                    continue
+                other = int(key[len(ALIVE_PREFIX):])
+                if other == me or f"{DONE_PREFIX}{other}" in entries:
+                    continue
+                last_value, since = moved.get(other, (None, now))
+                if value != last_value:
+                    moved[other] = (value, now)
+                elif now - since > stale_s and not _watch_stop.is_set():
+                    _stop_process(f"process {other} was lost: no sign of life for {now - since:.0f} s (killed, "
+                                  f"crashed or hung); process {me} stops too")
+
+    thread = threading.Thread(target=watch, name="brainjax-peer-failure", daemon=True)
+    thread.start()
+
+    def finish() -> None:  # before jax.distributed's own atexit shutdown (last registered runs first)
+        try:
+            client.key_value_set(f"{DONE_PREFIX}{me}", "1", allow_overwrite=True)
+        except Exception:  # noqa: BLE001
+            pass
+        _watch_stop.set()
+        thread.join(timeout=5)
+
+    atexit.register(finish)
+
+
+def report_failure(message: str, wait_s: float = 10.0) -> bool:
+    """Posts this process's failure for the other processes' watchers, then waits up to
+    `wait_s` for each to acknowledge (process 0 hosts the coordination service and must
+    outlive their reading it). False if another process reported first or the service
+    is gone. No-op (False) with one process."""
+    if jax.process_count() == 1:
+        return False
+    client, me = _coordination_client(), jax.process_index()
+    try:
+        client.key_value_set(FAILURE_KEY, f"{me}\t{message}")
+    except Exception:  # noqa: BLE001  (ALREADY_EXISTS: another process failed first)
+        return False
+    deadline = time.monotonic() + wait_s
+    for other in range(jax.process_count()):
+        if other == me:
+            continue
+        try:
+            client.blocking_key_value_get(f"{ACK_PREFIX}{other}", max(int((deadline - time.monotonic()) * 1000), 1))
+        except Exception:  # noqa: BLE001  (that process is gone or did not answer in time)
+            pass
+    return True
+
+
+_COMMUNICATION_MARKERS = ("gloo", "connection", "peer", "heartbeat", "unavailable", "socket", "nccl",
+                          "coordination service", "barrier")
+
+
+def is_communication_failure(err: BaseException) -> bool:
+    """True for a runtime error from a collective or barrier that lost its peers (a
+    process was killed or crashed), as opposed to an error of this process's own."""
+    name = type(err).__name__
+    text = str(err).lower()
+    return name in ("XlaRuntimeError", "JaxRuntimeError") and any(m in text for m in _COMMUNICATION_MARKERS)

@@ -1,10 +1,13 @@
 """A real 2-process run: jax.distributed on 127.0.0.1 (gloo CPU collectives), 2 fake
 devices per process, starting from a data_dir where the dataset is not built yet. Its
-report must count every test example once and equal a 1-process x 4-device run's; killed
-with -9 mid-run and rerun, it must end with the same report."""
+report must count every test example once and equal a 1-process x 4-device run's;
+interrupted by Ctrl-C on one process and rerun, it must end with the same report. One
+process killed with -9, or failing inside a step process 1 waits for, ends the other
+within seconds with one line naming the process and the cause."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,15 +41,15 @@ def _env(devices: int) -> dict:
     return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
 
 
-def _start_pair(workdir, data_dir):
+def _start_pair(workdir, data_dir, *extra, only_process_0=()):
     port = _free_port()
     return [subprocess.Popen([sys.executable, "launch.py", f"--workdir={workdir}", *OVERRIDES,
                               f"--config.data_dir={data_dir}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                              f"--process_id={i}"], cwd=ROOT, env=_env(2), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for i in range(2)]
+                              f"--process_id={i}", *extra, *(only_process_0 if i == 0 else ())], cwd=ROOT, env=_env(2),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
 
 
-def _wait(procs) -> list[str]:
+def _wait(procs, expect=0) -> list[str]:
     logs = []
     deadline = time.time() + TIMEOUT
     for p in procs:
@@ -58,7 +61,7 @@ def _wait(procs) -> list[str]:
             pytest.fail(f"a process hung for more than {TIMEOUT} s")
         logs.append(err)
     for i, (p, log) in enumerate(zip(procs, logs)):
-        assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{log[-4000:]}"
+        assert p.returncode == expect, f"process {i} exited {p.returncode}:\n{log[-4000:]}"
     return logs
 
 
@@ -104,34 +107,107 @@ def test_two_processes_match_one_process_with_four_devices(two_process_run, tmp_
     records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
     assert len({(r["kind"], r["step"]) for r in records}) == len(records)  # process 0 alone writes
 
+    # What is compared exactly, and why (issue 25). Training on 2 x 2 and on 1 x 4 sums
+    # synchronised BatchNorm statistics and gradients in another float32 order (~1 ulp,
+    # 6e-8 relative, per reduction); 88 optimizer steps amplify it, so the two trained
+    # models differ at float level, and a near-tie example of this barely trained model
+    # can flip class (measured on 2026-12-02: 1 of 120 test examples; the losses differed
+    # by 1.2e-5 relative on an AMD EPYC). So:
+    # - the training decisions are compared exactly: epochs run, learning rate per epoch
+    #   (every plateau step), best epoch;
+    # - the validation losses with rtol 1e-4, the measured drift with room for other
+    #   CPUs, and min_delta's scale (a larger drift could change a decision);
+    # - the report: the 2 x 2 model evaluated on 1 process x 4 devices must give the
+    #   2 x 2 report's confusion matrices exactly (evaluation is per example; only the
+    #   test-time BatchNorm moments are summed, ~1e-7 relative).
     single = str(tmp_path / "single")
     out = subprocess.run([sys.executable, "launch.py", f"--workdir={single}", *OVERRIDES,
                           f"--config.data_dir={data_dir}"], cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr[-4000:]
-    _assert_same_report(report, _report(single))
-    assert report["adaptation"]["passes"] == _report(single)["adaptation"]["passes"]
     a = [json.loads(l) for l in open(os.path.join(single, "metrics.jsonl")) if '"kind": "epoch"' in l]
     b = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in a] == [r["epoch"] for r in b]  # the same plateau / early-stopping decisions
-    np.testing.assert_allclose([r["val_loss"] for r in a], [r["val_loss"] for r in b], rtol=1e-5)
-    np.testing.assert_allclose([r["learning_rate"] for r in a], [r["learning_rate"] for r in b])
+    assert [r["learning_rate"] for r in a] == [r["learning_rate"] for r in b]
+    assert np.argmin([r["val_loss"] for r in a]) == np.argmin([r["val_loss"] for r in b])  # best epoch
+    np.testing.assert_allclose([r["val_loss"] for r in a], [r["val_loss"] for r in b], rtol=1e-4)
+
+    on_four = str(tmp_path / "two_by_two_model_on_four_devices")
+    shutil.copytree(workdir, on_four)
+    out = subprocess.run([sys.executable, "launch.py", f"--workdir={on_four}", "--mode=evaluate",
+                          f"--config.data_dir={data_dir}"], cwd=ROOT, env=_env(4), capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr[-4000:]
+    _assert_same_report(report, _report(on_four))
+    assert report["adaptation"]["passes"] == _report(on_four)["adaptation"]["passes"]
 
 
-def test_two_processes_killed_mid_run_resume_to_the_same_report(two_process_run, tmp_path):
-    workdir, data_dir, _, _ = two_process_run
-    resumed = str(tmp_path / "resumed")
-    procs = _start_pair(resumed, data_dir)
-    metrics = os.path.join(resumed, "metrics.jsonl")
+def _wait_for_windows(workdir, procs, count):
+    metrics = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + TIMEOUT
     while time.time() < deadline and all(p.poll() is None for p in procs):
-        if os.path.exists(metrics) and sum(1 for l in open(metrics) if '"train_window"' in l) >= 30:
-            break
+        if os.path.exists(metrics) and sum(1 for l in open(metrics) if '"train_window"' in l) >= count:
+            return
         time.sleep(0.02)
-    assert all(p.poll() is None for p in procs), "the run ended before it could be killed"
     for p in procs:
-        p.send_signal(signal.SIGKILL)
-    for p in procs:
-        p.communicate(timeout=60)
+        p.kill()
+    pytest.fail("the run ended before it could be interrupted")
+
+
+PREEMPTED = 3  # --preempted_exit_code in these runs: "preempted, rerun me" is not "finished"
+
+
+def test_ctrl_c_on_one_process_saves_the_same_step_everywhere_and_resumes_to_the_same_report(
+        two_process_run, tmp_path):
+    """Ctrl-C reaching one process of two goes through JAX's preemption sync point like
+    SIGTERM: both save the same step, exit with the preemption code, and the rerun ends
+    with the uninterrupted run's report."""
+    workdir, data_dir, _, _ = two_process_run
+    resumed = str(tmp_path / "resumed")
+    procs = _start_pair(resumed, data_dir, f"--preempted_exit_code={PREEMPTED}")
+    _wait_for_windows(resumed, procs, 30)
+    procs[1].send_signal(signal.SIGINT)
+    logs = _wait(procs, expect=PREEMPTED)
+    saved = [[l for l in log.splitlines() if "saved a checkpoint at step" in l] for log in logs]
+    assert all(len(s) == 1 for s in saved), logs[1][-3000:]
+    steps = [int(s[0].split("at step ")[1].split()[0]) for s in saved]
+    assert steps[0] == steps[1] and "Ctrl-C" in saved[1][0]
+    assert not os.path.exists(os.path.join(resumed, "adapted", "report.json"))
     logs = _wait(_start_pair(resumed, data_dir))
-    assert "resuming from" in logs[0] and "resuming from" in logs[1]
+    assert f"at step {steps[0]}" in logs[0] and f"at step {steps[0]}" in logs[1]
     _assert_same_report(_report(workdir), _report(resumed))
+
+
+def test_kill_9_of_one_process_ends_the_other_with_a_line_naming_it(two_process_run, tmp_path):
+    workdir, data_dir, _, _ = two_process_run
+    run = str(tmp_path / "killed")
+    procs = _start_pair(run, data_dir, "--heartbeat_timeout_seconds=20")
+    _wait_for_windows(run, procs, 10)
+    checkpoints = os.path.join(run, "checkpoints")
+    procs[1].send_signal(signal.SIGKILL)
+    t0 = time.time()
+    _, err = procs[0].communicate(timeout=150)
+    seconds = time.time() - t0
+    procs[1].communicate(timeout=60)
+    print(f"process 0 exited {procs[0].returncode} {seconds:.1f} s after process 1 was killed")
+    assert procs[0].returncode != 0
+    errors = [l for l in err.splitlines() if l.startswith("brainjax: error:")]
+    assert len(errors) == 1 and "process 1 was lost" in errors[0], err[-3000:]
+    assert "Traceback" not in err
+    steps = [d for d in os.listdir(checkpoints) if d.isdigit()]
+    assert steps and not [d for d in os.listdir(checkpoints) if "unreadable" in d]  # nothing set aside or removed
+
+
+def test_an_error_inside_process_zero_first_ends_both_processes_with_its_message(tmp_path):
+    """A bad manual_dir given to process 0 only: it fails inside the dataset build that
+    process 1 waits for at a barrier; both exit 1 quickly, each naming process 0's error."""
+    procs = _start_pair(str(tmp_path / "run"), str(tmp_path / "tfds"), "--heartbeat_timeout_seconds=20",
+                        only_process_0=("--config.dataset=brain_tumor_mri/sartaj",
+                                        f"--config.manual_dir={tmp_path / 'no_such_folder'}"))
+    t0 = time.time()
+    logs = _wait(procs, expect=1)
+    assert time.time() - t0 < 150
+    for i, log in enumerate(logs):
+        errors = [l for l in log.splitlines() if l.startswith("brainjax: error:")]
+        assert len(errors) == 1, log[-3000:]
+        assert "process 0 failed" in errors[0] and "no_such_folder" in errors[0] and "manual_dir" in errors[0]
+        assert "Traceback" not in log

@@ -112,10 +112,12 @@ def test_launch_trains_learns_and_reports(trained_workdir):
     assert report["degraded"]["gaussian_noise"]["5"]["accuracy"] < clean["accuracy"] - 0.1
     for png in ("confusion_matrix.png", "robustness.png", "reliability.png", "risk_coverage.png"):
         assert os.path.getsize(os.path.join(workdir, png)) > 5000
-    # Calibration: here the validation split is the test split, where T was fitted, so the
-    # NLL after scaling cannot be worse (T = 1 was a candidate).
+    # Calibration on held-out data is tested in test_calibration.py; here: the report and
+    # the calibration.json predict reads hold the same temperature and threshold.
     cal = report["calibration"]
-    assert cal["clean"]["nll_after"] <= cal["clean"]["nll_before"] + 1e-6
+    saved = json.load(open(os.path.join(workdir, "calibration.json")))
+    assert saved["temperature"] == cal["temperature"] and saved["rule"] == report["selective"]["rule"]
+    assert saved["thresholds"]["max_prob"] == report["selective"]["threshold"]
     assert set(cal["degraded_mean"]) >= {"ece_before", "ece_after", "nll_before", "nll_after"}
     sel = report["selective"]
     assert sel["rule"] == "max_prob" and set(sel["clean"]) >= {"aurc", "accuracy_at_80", "accuracy_at_90"}
@@ -184,8 +186,39 @@ def test_predict_explain_writes_a_grad_cam_overlay_per_image(trained_workdir, tm
         png = os.path.join(workdir, "explain", f"scan_{i}.png")
         assert os.path.getsize(png) > 5000
         assert f"wrote {png}" in out.stdout
-    # Calibrated: the temperature fitted at evaluation is used (probabilities still sum to 1).
-    assert os.path.isfile(os.path.join(workdir, "calibration.json"))
+
+
+def test_predict_prints_the_temperature_scaled_probabilities(trained_workdir, tmp_path, capsys):
+    """The printed probabilities are softmax(logits / T) with calibration.json's T (set to
+    3 in a copy of the run, far from 1, so the raw softmax cannot pass)."""
+    import shutil
+
+    from PIL import Image
+
+    from brainjax import inference, run
+    from brainjax.data import phantom
+    from brainjax.data.pipeline import load_image_file
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained_workdir[0], workdir)
+    cal = inference.load_calibration(workdir)
+    cal["temperature"] = 3.0
+    with open(os.path.join(workdir, inference.CALIBRATION_FILE), "w") as f:
+        json.dump(cal, f)
+    image = tmp_path / "scan.png"
+    Image.fromarray(phantom.generate_slice(11, 2, 1, 48)[..., 0]).save(image)
+    config = inference.load_run_config(workdir)
+    assert run.predict_files(config, workdir, [str(image)]) == 0
+    printed = capsys.readouterr().out
+    ranked = re.search(r"\(((?:[a-z_]+ [0-9.]+\s*){4})\)", printed).group(1).split()
+    shown = dict(zip(ranked[0::2], map(float, ranked[1::2])))
+    model, variables = inference.restore_for_inference(config, workdir, 4)
+    x = load_image_file(str(image), 48)[None]
+    names = inference.class_names(config, workdir)
+    for temperature, should_match in ((3.0, True), (1.0, False)):
+        p = np.asarray(inference.serving_fn(model, variables, temperature)(x)["probabilities"])[0]
+        close = all(abs(shown[n] - p[i]) <= 6e-4 for i, n in enumerate(names))
+        assert close == should_match, (temperature, shown, p)
 
 
 def _spearman(a, b):
