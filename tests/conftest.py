@@ -55,3 +55,44 @@ def restore_run(workdir, config):
         return ckpt.restore(template, {"params": template.params, "batch_stats": template.batch_stats})
     finally:
         ckpt.close()
+
+
+@pytest.fixture(scope="session")
+def one_epoch_run(tmp_path_factory, data_dir):
+    """(workdir, config) of a finished 1-epoch smoke run trained with
+    model.standardize=none (a model field without parameters) and checkpoints at steps
+    11 and 22. Shared by the restore-safety and run-config tests: copy it before
+    changing it."""
+    from brainjax import train
+    from configs import smoke
+
+    config = smoke.get_config()
+    config.data_dir = data_dir
+    config.num_epochs = 1
+    config.checkpoint_every_steps = 11
+    config.model.standardize = "none"
+    config.eval.corruptions, config.eval.severities = ("gaussian_noise",), (3,)
+    workdir = str(tmp_path_factory.mktemp("one_epoch") / "run")
+    train.train_and_evaluate(config, workdir)
+    return workdir, config
+
+
+@pytest.fixture(scope="session")
+def scan_files(tmp_path_factory):
+    """Real image files on disk: phantom slices as PNG and JPEG, two of them noisy."""
+    import numpy as np
+    from PIL import Image
+
+    from brainjax.data import phantom
+
+    folder = tmp_path_factory.mktemp("scans")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(8):
+        pixels = phantom.generate_slice(20, i, i % 4, 64)[..., 0].astype(np.float32)
+        if i >= 6:
+            pixels = np.clip(pixels + rng.normal(0, 60, pixels.shape), 0, 255)
+        path = folder / (f"scan{i}.png" if i % 2 else f"scan{i}.jpg")
+        Image.fromarray(pixels.astype(np.uint8)).save(path)
+        paths.append(str(path))
+    return paths

@@ -10,7 +10,7 @@ import shutil
 import orbax.checkpoint as ocp
 import pytest
 
-from brainjax import checkpoint, run, train
+from brainjax import checkpoint, run
 
 SPE = 22  # steps per epoch of the smoke config (720 training images, batch 32)
 EVERY = 11  # checkpoint_every_steps: two steps per epoch
@@ -36,21 +36,6 @@ def _steps(workdir):
 def _error_lines(capsys):
     err = capsys.readouterr().err
     return [l for l in err.splitlines() if l.startswith("brainjax: error:")], err
-
-
-@pytest.fixture(scope="module")
-def one_epoch_run(tmp_path_factory, data_dir):
-    """A finished 1-epoch smoke run with checkpoints at steps 11 and 22."""
-    from configs import smoke
-
-    config = smoke.get_config()
-    config.data_dir = data_dir
-    config.num_epochs = 1
-    config.checkpoint_every_steps = EVERY
-    config.eval.corruptions, config.eval.severities = ("gaussian_noise",), (3,)
-    workdir = str(tmp_path_factory.mktemp("one_epoch") / "run")
-    train.train_and_evaluate(config, workdir)
-    return workdir, config
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """A real 2-process run: jax.distributed on 127.0.0.1 (gloo CPU collectives), 2 fake
 devices per process, starting from a data_dir where the dataset is not built yet. Its
 report must count every test example once and equal a 1-process x 4-device run's;
-interrupted by Ctrl-C on one process and rerun, it must end with the same report. One
+interrupted by Ctrl-C on one process, both must save the same step and resume from it. One
 process killed with -9, or failing inside a step process 1 waits for, ends the other
 within seconds with one line naming the process and the cause."""
 
@@ -156,31 +156,42 @@ def _wait_for_windows(workdir, procs, count):
 PREEMPTED = 3  # --preempted_exit_code in these runs: "preempted, rerun me" is not "finished"
 
 
-def test_ctrl_c_on_one_process_saves_the_same_step_everywhere_and_resumes_to_the_same_report(
-        two_process_run, tmp_path):
+# The Ctrl-C run: 2 epochs and a plain evaluation (the fixture's run covers the rest).
+SHORT = ["--config.num_epochs=2", "--config.eval.corruptions=()", "--config.eval.extra_splits=()",
+         "--config.eval.adapt_batchnorm=False"]
+
+
+def test_ctrl_c_on_one_process_saves_the_same_step_everywhere_and_both_resume_from_it(two_process_run, tmp_path):
     """Ctrl-C reaching one process of two goes through JAX's preemption sync point like
-    SIGTERM: both save the same step, exit with the preemption code, and the rerun ends
-    with the uninterrupted run's report."""
-    workdir, data_dir, _, _ = two_process_run
+    SIGTERM: both save the same step and exit with the preemption code; the rerun
+    restores that step on both processes (the restore agreement) and finishes.
+    (Resumed = uninterrupted is checked bit for bit in tests/test_preemption.py.)"""
+    _, data_dir, _, _ = two_process_run
     resumed = str(tmp_path / "resumed")
-    procs = _start_pair(resumed, data_dir, f"--preempted_exit_code={PREEMPTED}")
-    _wait_for_windows(resumed, procs, 30)
+    t0 = time.time()
+    procs = _start_pair(resumed, data_dir, *SHORT, f"--preempted_exit_code={PREEMPTED}")
+    _wait_for_windows(resumed, procs, 10)
+    t1 = time.time()
     procs[1].send_signal(signal.SIGINT)
     logs = _wait(procs, expect=PREEMPTED)
+    t2 = time.time()
     saved = [[l for l in log.splitlines() if "saved a checkpoint at step" in l] for log in logs]
     assert all(len(s) == 1 for s in saved), logs[1][-3000:]
     steps = [int(s[0].split("at step ")[1].split()[0]) for s in saved]
     assert steps[0] == steps[1] and "Ctrl-C" in saved[1][0]
-    assert not os.path.exists(os.path.join(resumed, "adapted", "report.json"))
-    logs = _wait(_start_pair(resumed, data_dir))
+    assert not os.path.exists(os.path.join(resumed, "report.json"))
+    logs = _wait(_start_pair(resumed, data_dir, *SHORT))
+    print(f"Ctrl-C test: {t1 - t0:.1f} s to step 10, {t2 - t1:.1f} s to save and exit, "
+          f"{time.time() - t2:.1f} s to resume and finish")
     assert f"at step {steps[0]}" in logs[0] and f"at step {steps[0]}" in logs[1]
-    _assert_same_report(_report(workdir), _report(resumed))
+    report = json.load(open(os.path.join(resumed, "report.json")))
+    assert np.asarray(report["clean"]["confusion_matrix"]).sum() == 120
 
 
 def test_kill_9_of_one_process_ends_the_other_with_a_line_naming_it(two_process_run, tmp_path):
     workdir, data_dir, _, _ = two_process_run
     run = str(tmp_path / "killed")
-    procs = _start_pair(run, data_dir, "--heartbeat_timeout_seconds=20")
+    procs = _start_pair(run, data_dir, *SHORT, "--heartbeat_timeout_seconds=12")
     _wait_for_windows(run, procs, 10)
     checkpoints = os.path.join(run, "checkpoints")
     procs[1].send_signal(signal.SIGKILL)

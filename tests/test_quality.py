@@ -75,29 +75,6 @@ def test_quality_head_gets_no_update_without_its_loss():
     assert max(float(np.abs(after[k] - before[k]).max()) for k in before) == 0.0  # no loss, no gradient
 
 
-@pytest.fixture(scope="module")
-def quality_run(tmp_path_factory, data_dir):
-    """A smoke-sized run with the quality head, trained against noise/blur/downsampling.
-    The CNN has BatchNorm and two convolutions per block: on the smoke config's own
-    one-convolution CNN without BatchNorm, 4 epochs leave the head at its prior (its
-    noise estimate even fell with the noise; measured, BUILD_NOTES session 7)."""
-    from brainjax import train
-    from configs import smoke
-
-    c = smoke.get_config()
-    c.data_dir = data_dir
-    c.model.quality_head.enabled = True
-    c.quality_loss_weight = 1.0
-    c.num_epochs, c.optimizer.learning_rate = 4, 3e-3
-    c.train_degrade.prob = 0.7
-    c.model.tiny.update(widths=(8, 16, 32), convs_per_block=2, batchnorm=True)
-    c.model.base_batchnorm_train = True
-    c.eval.corruptions, c.eval.severities = ("gaussian_noise",), (1,)
-    workdir = str(tmp_path_factory.mktemp("quality") / "run")
-    train.train_and_evaluate(c, workdir)
-    return workdir, c
-
-
 def test_frozen_base_pattern_still_trains_the_quality_head(caplog):
     """README's frozen-base example, trainable=('^head/',), with the quality head on: the
     head is made trainable (with a log line) and a step moves it; the base stays put."""
@@ -123,28 +100,3 @@ def test_frozen_base_pattern_still_trains_the_quality_head(caplog):
     # with the head named in the patterns nothing is added
     c.trainable = ("^head/", "^quality_head/")
     assert partition.with_head_trained(c.trainable, host.params, "quality_head") == (tuple(c.trainable), False)
-
-
-def test_trained_quality_estimate_falls_with_severity(quality_run):
-    """On a trained model the mean scan-quality estimate of the same test images falls
-    as the noise severity rises (an untrained head has no reason to)."""
-    from brainjax import inference
-
-    workdir, c = quality_run
-    model, variables = inference.restore_for_inference(c, workdir, 4)
-    x = _images(n=48)
-    keys = degrade.example_keys(jax.random.key(3), jnp.arange(x.shape[0]))
-
-    @jax.jit
-    def mean_quality(level):
-        noisy = degrade.apply(x, keys, "gaussian_noise", level)
-        _, q = model.apply(variables, noisy, train=False, with_quality=True)
-        return models.quality_score(q).mean()
-
-    means = [float(mean_quality(0.0))] + [float(mean_quality(degrade.level_for("gaussian_noise", s))) for s in range(1, 6)]
-    print("mean quality, clean then severities 1-5:", np.round(means, 3))
-    # strictly falling over severities 1-5; severity 1 (noise std 0.08) is within the
-    # training range's low end and reads as clean (measured 0.8425 vs 0.8424)
-    assert all(a > b for a, b in zip(means[1:], means[2:])), means
-    assert means[0] > means[2], means
-    assert means[0] - means[-1] > 0.02  # measured 0.04 over the 48 slices

@@ -4,6 +4,7 @@ override that differs is one clear error naming the field."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,19 +15,12 @@ from brainjax import inference, run, train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def unstandardized_run(tmp_path_factory, data_dir):
-    """A smoke run trained with model.standardize=none (a field with no parameters)."""
-    from configs import smoke
-
-    config = smoke.get_config()
-    config.data_dir = data_dir
-    config.num_epochs = 1
-    config.model.standardize = "none"
-    config.eval.corruptions, config.eval.severities = ("gaussian_noise",), (3,)
-    workdir = str(tmp_path_factory.mktemp("standardize_none") / "run")
-    train.train_and_evaluate(config, workdir)
-    return workdir
+@pytest.fixture
+def unstandardized_run(one_epoch_run, tmp_path):
+    """A copy of the shared smoke run trained with model.standardize=none."""
+    copy = str(tmp_path / "run")
+    shutil.copytree(one_epoch_run[0], copy)
+    return copy
 
 
 def _report(workdir):
