@@ -44,7 +44,7 @@ import ml_collections
 
 import brainjax
 from brainjax import inference
-from brainjax.errors import UserError
+from brainjax.errors import UserError, missing_extra
 
 log = logging.getLogger("brainjax")
 
@@ -221,10 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         path = export(args.workdir, args.format, args.out)
-    except (UserError, ImportError) as err:
-        hint = (" (the exporters are optional: pip install jax2onnx onnx onnxruntime for ONNX; TensorFlow for "
-                "savedmodel/tflite)") if isinstance(err, ImportError) else ""
-        print(f"brainjax.export: error: {err}{hint}", file=sys.stderr)
+    except UserError as err:
+        print(f"brainjax.export: error: {err}", file=sys.stderr)
+        return 1
+    except ImportError as err:
+        advice = missing_extra(err) or f"{err} (the exporters are optional: pip install 'brainjax[export]')"
+        print(f"brainjax.export: error: {args.format} export: {advice}", file=sys.stderr)
         return 1
     print(f"wrote {path} and {path}.json")
     return 0

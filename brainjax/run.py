@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from brainjax import evaluators, explain as explain_lib, inference, loop, parallel, report, steps, train
-from brainjax.errors import UserError
+from brainjax.errors import UserError, missing_extra
 
 log = logging.getLogger("brainjax")
 
@@ -156,6 +156,11 @@ def main(config: ml_collections.ConfigDict, workdir: str, mode: str, images: Seq
         return preempted_exit_code
     except (UserError, FloatingPointError, FileNotFoundError) as err:
         return fail(err, heartbeat_timeout_s)
+    except ImportError as err:
+        if missing_extra(err) is None:
+            raise
+        what = "reads images through tf.data, as training did" if mode == "predict" else "needs it"
+        return fail(UserError(f"--mode={mode} {what}: {missing_extra(err)}"), heartbeat_timeout_s)
     except Exception as err:  # noqa: BLE001
         if jax.process_count() == 1:
             raise  # a bug: the traceback is the useful report

@@ -45,6 +45,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.dataset = "brain_phantom"
     c.data_dir = ml_collections.config_dict.placeholder(str)
     c.manual_dir = ml_collections.config_dict.placeholder(str)
+    # Your own scans: --config.dataset=image_folder --config.manual_dir=DIR (one sub-folder per
+    # class; DIR/test/ if you have a test set, else a seeded `test_fraction` of the files).
+    # class_map renames or merges folders: 'no_tumor=normal,glioma_tumor=tumor'.
+    c.class_map = ""
+    c.test_fraction = 0.2
+    # 'kaggle': fetch brain_tumor_mri/sartaj or /nickparvar into manual_dir (kagglehub).
+    c.download = ""
     c.train_split = "train[:90%]"
     c.val_split = "train[90%:]"
     c.test_split = "test"

@@ -61,9 +61,9 @@ def fake_tree(tmp_path_factory):
 
 
 def _build(manual_dir, data_dir):
-    from brainjax.data.pipeline import _prepared_builder
+    from brainjax.data.pipeline import prepared_builder
 
-    b = _prepared_builder("brain_tumor_mri/sartaj", str(data_dir), str(manual_dir))
+    b = prepared_builder("brain_tumor_mri/sartaj", str(data_dir), str(manual_dir))
     report = json.load(open(os.path.join(b.report_dir(), "build_report.json")))
     return b, report
 
@@ -117,7 +117,7 @@ def test_splits_are_stratified_disjoint_and_group_aware(fake_tree, tmp_path):
 
     labels = [ex["label"] for ex in tfds.as_numpy(b.as_dataset(split="validation"))]
     assert sorted(np.bincount(labels, minlength=4)) == [2, 2, 2, 3]  # 20% of 10/10/10/16
-    from brainjax.data.brain_tumor_mri import stratified_group_split
+    from brainjax.data.folder_splits import stratified_group_split
 
     labels = np.repeat([0, 1], 50)
     groups = np.arange(100)
@@ -154,14 +154,14 @@ def test_wrong_layout_and_empty_folder_are_clear(tmp_path):
 
 
 def test_nickparvar_layout_maps_to_the_same_labels(tmp_path):
-    from brainjax.data.pipeline import _prepared_builder
+    from brainjax.data.pipeline import prepared_builder
 
     root = tmp_path / "nick"
     for split in ("Training", "Testing"):
         for label, d in enumerate(("glioma", "meningioma", "notumor", "pituitary")):
             for i in range(2):
                 _save(root / split / d / f"Tr-{d[:2]}_{i:04d}.jpg", _slice(10 * label + i + (50 if split == "Testing" else 0), label))
-    b = _prepared_builder("brain_tumor_mri/nickparvar", str(tmp_path / "data"), str(root))
+    b = prepared_builder("brain_tumor_mri/nickparvar", str(tmp_path / "data"), str(root))
     import tensorflow_datasets as tfds
 
     assert b.info.features["label"].names == ["glioma", "meningioma", "no_tumor", "pituitary"]

@@ -6,4 +6,5 @@ models and the GPU benchmarks run on machines without TensorFlow.
 
 from brainjax.data import brain_phantom  # noqa: F401  (registers `brain_phantom`)
 from brainjax.data import brain_tumor_mri  # noqa: F401  (registers `brain_tumor_mri`)
-from brainjax.data.phantom import CLASS_NAMES
+from brainjax.data import image_folder  # noqa: F401  (registers `image_folder`)
+

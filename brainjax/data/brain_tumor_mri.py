@@ -29,7 +29,6 @@ build_report.json and dedup_report.md.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import zipfile
@@ -37,12 +36,12 @@ import zipfile
 import numpy as np
 import tensorflow_datasets as tfds
 
-from brainjax.data import images
-from brainjax.data.phantom import CLASS_NAMES
+from brainjax.data import folder_splits, images
+from brainjax.data.folder_splits import Record
 from brainjax.errors import UserError
 
 log = logging.getLogger("brainjax")
-SPLIT_DIRS = ("Training", "Testing")
+SPLIT_DIRS = (folder_splits.TRAIN, folder_splits.TEST)
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """
 Download the dataset from Kaggle (a free account is needed) and point brainjax at it:
@@ -59,19 +58,14 @@ works:  python launch.py --config=configs/sartaj_tiny.py --config.manual_dir=/pa
 
 @dataclasses.dataclass
 class BrainTumorMriConfig(tfds.core.BuilderConfig):
-    class_dirs: tuple[str, ...] = ()  # folder name per label, in CLASS_NAMES order
+    class_dirs: tuple[str, ...] = ()  # folder name per label, in class_names order
+    # The label names, the same in both configs (the phantom's too), so a model trained on
+    # one Kaggle set is evaluated on the other.
+    class_names: tuple[str, ...] = ("glioma", "meningioma", "no_tumor", "pituitary")
     max_size: int = 256  # longest side stored; the models train at <= 224 px
     val_fraction: float = 0.2
     split_seed: int = 0
     near_threshold: float = images.NEAR_THRESHOLD
-
-
-@dataclasses.dataclass
-class Record:
-    split_dir: str  # Training | Testing
-    label: int
-    relpath: str  # relative to the dataset root
-    path: str
 
 
 def find_root(manual_dir: str, class_dirs: tuple[str, ...], extract=None) -> str:
@@ -121,26 +115,6 @@ def scan(root: str, class_dirs: tuple[str, ...]) -> list[Record]:
     return sorted(records, key=lambda r: r.relpath)
 
 
-def stratified_group_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of the held-out share: per class, whole groups in random order until the
-    class's quota is met; a group goes where its first member's class puts it."""
-    rng = np.random.default_rng(seed)
-    held = np.zeros(len(labels), bool)
-    group_ids = np.unique(groups)
-    first_label = {g: labels[np.nonzero(groups == g)[0][0]] for g in group_ids}
-    for c in np.unique(labels):
-        count = int((labels == c).sum())
-        quota = max(1, round(fraction * count)) if count >= 2 else 0
-        taken = 0
-        for g in rng.permutation([g for g in group_ids if first_label[g] == c]):
-            if taken >= quota:
-                break
-            members = groups == g
-            held |= members
-            taken += int(members.sum())
-    return held
-
-
 class BrainTumorMri(tfds.core.GeneratorBasedBuilder):
     """Kaggle brain-tumour MRI datasets (manual download), with leakage-aware splits."""
 
@@ -159,7 +133,7 @@ class BrainTumorMri(tfds.core.GeneratorBasedBuilder):
             description=__doc__,
             features=tfds.features.FeaturesDict({
                 "image": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8),
-                "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
+                "label": tfds.features.ClassLabel(names=list(self.builder_config.class_names)),
                 "filename": tfds.features.Text(),
             }),
             supervised_keys=("image", "label"),
@@ -174,11 +148,7 @@ class BrainTumorMri(tfds.core.GeneratorBasedBuilder):
         root = find_root(dl_manager.manual_dir, cfg.class_dirs, extract=dl_manager.extract)
         records = scan(root, cfg.class_dirs)
         splits, report, encoded = self._plan(records, root)
-        os.makedirs(self.report_dir(), exist_ok=True)
-        with open(os.path.join(self.report_dir(), "build_report.json"), "w") as f:
-            json.dump(report, f, indent=2)
-        with open(os.path.join(self.report_dir(), "dedup_report.md"), "w") as f:
-            f.write(dedup_markdown(report))
+        folder_splits.write_reports(self.report_dir(), report)
         log.info("brain_tumor_mri/%s: %s; %d unreadable files skipped; report in %s", cfg.name,
                  {k: len(v) for k, v in splits.items()}, len(report["unreadable"]), self.report_dir())
         empty = [name for name, recs in splits.items() if not recs]
@@ -187,98 +157,10 @@ class BrainTumorMri(tfds.core.GeneratorBasedBuilder):
         return {name: self._generate_examples(recs, encoded) for name, recs in splits.items() if recs}
 
     def _plan(self, records: list[Record], root: str) -> tuple[dict[str, list[Record]], dict, dict[str, bytes]]:
-        """Decodes every file once (hash + thumbnail, and the PNG the splits store: a
-        training image sits in two splits, train and train_sub/validation), finds
-        duplicates, builds the splits. Returns (splits, report, PNG bytes by relpath)."""
         cfg = self.builder_config
-        index, readable, unreadable, encoded = images.DuplicateIndex(), [], [], {}
-        for rec in records:
-            with open(rec.path, "rb") as f:
-                data = f.read()
-            try:
-                gray = images.decode_grayscale(data, cfg.max_size)
-            except images.UnreadableImage as err:
-                unreadable.append({"file": rec.relpath, "error": str(err)})
-                continue
-            index.add(rec.relpath, data, gray)
-            encoded[rec.relpath] = images.encode_png(gray)
-            readable.append(rec)
-        exact, near = images.duplicate_groups(index, cfg.near_threshold)
-        group = np.arange(len(readable))
-        for g in near:  # near groups include the exact ones
-            group[g] = min(g)
-        is_test = np.array([r.split_dir == "Testing" for r in readable])
-        labels = np.array([r.label for r in readable])
-        sim = index.similarity() if len(readable) else np.zeros((0, 0))
-        removed, kept_test = [], []
-        seen_groups: dict[int, str] = {}
-        train_groups = {int(group[i]) for i in np.nonzero(~is_test)[0]}
-        for i in np.nonzero(is_test)[0]:
-            rec = readable[i]
-            members = [j for j in np.nonzero(group == group[i])[0] if j != i]
-            train_match = [j for j in members if not is_test[j]]
-            if int(group[i]) in train_groups:
-                j = max(train_match, key=lambda j: sim[i, j])
-                reason = "exact" if index.hashes[i] == index.hashes[j] else "near"
-                removed.append({"file": rec.relpath, "label": CLASS_NAMES[rec.label], "reason": f"{reason} duplicate in Training",
-                                "match": readable[j].relpath, "match_label": CLASS_NAMES[readable[j].label],
-                                "similarity": round(float(sim[i, j]), 4)})
-            elif int(group[i]) in seen_groups:
-                removed.append({"file": rec.relpath, "label": CLASS_NAMES[rec.label],
-                                "reason": "duplicate within Testing", "match": seen_groups[int(group[i])]})
-            else:
-                seen_groups[int(group[i])] = rec.relpath
-                kept_test.append(rec)
-        train_idx = np.nonzero(~is_test)[0]
-        held = stratified_group_split(labels[train_idx], group[train_idx], cfg.val_fraction, cfg.split_seed)
-        cross_label = [{"a": readable[g[0]].relpath, "members": [readable[j].relpath for j in g],
-                        "labels": sorted({CLASS_NAMES[labels[j]] for j in g})}
-                       for g in near if len({labels[j] for j in g}) > 1]
-        splits = {
-            "train": [readable[i] for i in train_idx],
-            "test": [readable[i] for i in np.nonzero(is_test)[0]],
-            "test_dedup": kept_test,
-            "train_sub": [readable[i] for i, h in zip(train_idx, held) if not h],
-            "validation": [readable[i] for i, h in zip(train_idx, held) if h],
-        }
-        per_class = lambda recs: {CLASS_NAMES[c]: sum(r.label == c for r in recs) for c in range(len(CLASS_NAMES))}
-        report = {
-            "config": cfg.name, "root": root, "files_found": len(records),
-            "near_threshold": cfg.near_threshold, "thumbnail": images.THUMB,
-            "splits": {k: {"count": len(v), "per_class": per_class(v)} for k, v in splits.items()},
-            "unreadable": unreadable,
-            "exact_duplicate_groups": len(exact),
-            "exact_redundant_copies": int(sum(len(g) - 1 for g in exact)),
-            "near_duplicate_groups": len(near),
-            "test_removed": removed,
-            "test_with_duplicate_in_train": sum(r["reason"].endswith("in Training") for r in removed),
-            "cross_label_groups": cross_label,
-        }
-        return splits, report, encoded
+        plan = folder_splits.SplitPlan(max_size=cfg.max_size, near_threshold=cfg.near_threshold,
+                                       val_fraction=cfg.val_fraction, split_seed=cfg.split_seed)
+        return folder_splits.plan_splits(records, root, cfg.class_names, plan, self.name, cfg.name)
 
     def _generate_examples(self, records: list[Record], encoded: dict[str, bytes]):
-        for rec in records:
-            yield rec.relpath, {"image": encoded[rec.relpath], "label": rec.label, "filename": rec.relpath}
-
-
-def dedup_markdown(report: dict) -> str:
-    lines = [f"# brain_tumor_mri/{report['config']}: build and deduplication report", "",
-             f"Source: `{report['root']}`, {report['files_found']} files.", "",
-             "| split | images | " + " | ".join(CLASS_NAMES) + " |", "|---|---|" + "---|" * len(CLASS_NAMES)]
-    for name, s in report["splits"].items():
-        lines.append(f"| {name} | {s['count']} | " + " | ".join(str(s["per_class"][c]) for c in CLASS_NAMES) + " |")
-    lines += ["", f"- unreadable files skipped: {len(report['unreadable'])}"]
-    lines += [f"  - `{u['file']}`: {u['error']}" for u in report["unreadable"]]
-    lines += [f"- byte-identical copies: {report['exact_redundant_copies']} redundant files in "
-              f"{report['exact_duplicate_groups']} groups",
-              f"- near-duplicate groups (thumbnail cosine >= {report['near_threshold']}, mirror-invariant): "
-              f"{report['near_duplicate_groups']}",
-              f"- Testing images with a duplicate in Training: {report['test_with_duplicate_in_train']} "
-              "(removed from `test_dedup`)",
-              f"- duplicate groups whose members carry different labels: {len(report['cross_label_groups'])}"]
-    lines += [f"  - {g['members']} labels {g['labels']}" for g in report["cross_label_groups"]]
-    lines += ["", "## Removed from test_dedup", "", "| file | label | reason | match | match label | similarity |",
-              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['file']} | {r['label']} | {r['reason']} | {r.get('match', '')} | {r.get('match_label', '')} | "
-              f"{r.get('similarity', '')} |" for r in report["test_removed"]]
-    return "\n".join(lines) + "\n"
+        yield from folder_splits.generate_examples(records, encoded)

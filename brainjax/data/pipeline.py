@@ -33,6 +33,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import brainjax.data  # noqa: F401  (registers builders)
+from brainjax.data import image_folder, kaggle
 
 Batch = dict[str, np.ndarray]
 
@@ -68,12 +69,26 @@ def load_image_file(path: str, size: int) -> np.ndarray:
         raise UserError(f"{path}: not a readable image ({err.message.splitlines()[0][:120]})") from None
 
 
-def _prepared_builder(name: str, data_dir: str | None, manual_dir: str | None):
-    """tfds builder, built if needed; unknown names and missing manual data are UserErrors."""
+def dataset_builder(name: str, data_dir: str | None, manual_dir: str | None, *, class_map: Any = None,
+                    test_fraction: float = 0.2):
+    """The tfds builder of `config.dataset` (not built yet); for `image_folder`, the config of
+    that folder. Unknown names are UserErrors."""
+    if name.split("/")[0] == "image_folder":
+        cfg = image_folder.folder_config(manual_dir, class_map, test_fraction=test_fraction)
+        return image_folder.ImageFolder(config=cfg, data_dir=data_dir)
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        return tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as err:
         raise UserError(f"unknown dataset {name!r} (config.dataset): {str(err).splitlines()[0]}") from None
+
+
+def prepared_builder(name: str, data_dir: str | None, manual_dir: str | None, *, class_map: Any = None,
+                     test_fraction: float = 0.2, download: str = ""):
+    """tfds builder, built if needed (after `download` fetched the files into manual_dir);
+    unknown names and missing manual data are UserErrors."""
+    if download:
+        kaggle.fetch(download, name, manual_dir)
+    builder = dataset_builder(name, data_dir, manual_dir, class_map=class_map, test_fraction=test_fraction)
     if manual_dir and os.path.isfile(manual_dir) and manual_dir.lower().endswith(".zip"):
         manual_dir = os.path.dirname(os.path.abspath(manual_dir))  # tfds wants a folder; the zip is found in it
     if manual_dir:
@@ -89,10 +104,17 @@ def _prepared_builder(name: str, data_dir: str | None, manual_dir: str | None):
     return builder
 
 
+def builder_for(config: Mapping[str, Any]):
+    """`prepared_builder` with the dataset fields of a run config."""
+    return prepared_builder(config.dataset, config.get("data_dir"), config.get("manual_dir"),
+                            class_map=config.get("class_map"), test_fraction=float(config.get("test_fraction", 0.2)),
+                            download=config.get("download") or "")
+
+
 def prepare_dataset(config: Mapping[str, Any]) -> None:
     """Builds the configured tfds dataset if it is not built yet (run by process 0 first;
     see `brainjax.parallel.process_zero_first`)."""
-    _prepared_builder(config.dataset, config.get("data_dir"), config.get("manual_dir"))
+    builder_for(config)
 
 
 class InputPipeline:
@@ -104,7 +126,7 @@ class InputPipeline:
         self.size = int(config.image_size)
         self.num_local_devices = num_local_devices
         self.process_index, self.process_count = process_index, process_count
-        self.builder = _prepared_builder(config.dataset, config.get("data_dir"), config.get("manual_dir"))
+        self.builder = builder_for(config)
         self.class_names: list[str] = list(self.builder.info.features["label"].names)
         self._cache: dict[str, tf.data.Dataset] = {}
         self.global_batch = int(config.batch_size)

@@ -19,7 +19,8 @@ def loss_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, fl
 
 def bootstrap_ci(labels: np.ndarray, preds: np.ndarray, num_classes: int, samples: int = 1000,
                  seed: int = 0) -> dict:
-    """95% percentile-bootstrap intervals of accuracy and macro F1 (resampling examples)."""
+    """95% percentile-bootstrap intervals of accuracy and macro F1 (resampling examples;
+    macro F1 over the classes present in `labels`, as `classification_metrics`)."""
     n = len(labels)
     if n == 0:
         return {}
@@ -31,7 +32,8 @@ def bootstrap_ci(labels: np.ndarray, preds: np.ndarray, num_classes: int, sample
     tp = np.einsum("bii->bi", cm)
     denom = cm.sum(1) + cm.sum(2)  # predicted + true counts
     f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)  # sklearn: 0 where undefined
-    macro = f1.mean(1)
+    present = np.bincount(labels, minlength=num_classes) > 0
+    macro = f1[:, present].mean(1)
     q = lambda v: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
     return {"accuracy": q(acc), "macro_f1": q(macro), "samples": samples}
 
@@ -39,15 +41,19 @@ def bootstrap_ci(labels: np.ndarray, preds: np.ndarray, num_classes: int, sample
 def classification_metrics(labels: np.ndarray, logits: np.ndarray, class_names: Sequence[str],
                            ci: bool = True) -> dict:
     """Accuracy, macro F1 (with 95% bootstrap CIs), per-class P/R/F1 and the confusion
-    matrix (scikit-learn)."""
+    matrix (scikit-learn). Macro F1 averages over the classes present in the split's labels
+    (`macro_f1_classes`): a class with no example in a split (a 3-class test folder of a
+    4-class model) would add a meaningless 0."""
     preds = logits.argmax(-1)
     ids = list(range(len(class_names)))
+    present = sorted({int(v) for v in np.asarray(labels)}) or ids
     p, r, f1, support = skm.precision_recall_fscore_support(labels, preds, labels=ids, zero_division=0)
     loss, _ = loss_and_accuracy(logits, labels)
     return {
         "num_examples": int(len(labels)),
         "accuracy": float(skm.accuracy_score(labels, preds)),
-        "macro_f1": float(skm.f1_score(labels, preds, labels=ids, average="macro", zero_division=0)),
+        "macro_f1": float(skm.f1_score(labels, preds, labels=present, average="macro", zero_division=0)),
+        "macro_f1_classes": [class_names[i] for i in present],
         "loss": loss,
         "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]),
                              "support": int(support[i])} for i, name in enumerate(class_names)},

@@ -1,0 +1,191 @@
+"""Leakage-aware splits of a folder of labelled image files, shared by the tfds builders
+that read a user's folder (`brain_tumor_mri`, `image_folder`).
+
+One pass decodes every file (PIL, `images.decode_grayscale`), records the unreadable ones,
+finds exact and near duplicates, and builds the splits:
+
+  train        every training file
+  test         the test files (a test folder, or a seeded, group-aware share of the files)
+  test_dedup   test minus images with an exact or near duplicate in train, and with
+               duplicate groups inside test collapsed to one image
+  train_sub /  a stratified, seeded split of train; duplicate groups stay on one side,
+  validation   so validation does not leak either
+
+The build report (JSON and markdown) lists every skipped file and every removed duplicate
+with the reason, so a user can check what the numbers were computed on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+from brainjax.data import images
+from brainjax.errors import UserError
+
+TRAIN, TEST = "Training", "Testing"
+
+
+@dataclasses.dataclass
+class Record:
+    split_dir: str  # TRAIN | TEST
+    label: int
+    relpath: str  # relative to the dataset root
+    path: str
+
+
+def stratified_group_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of the held-out share: per class, whole groups in random order until the
+    class's quota is met; a group goes where its first member's class puts it."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(labels), bool)
+    group_ids = np.unique(groups)
+    first_label = {g: labels[np.nonzero(groups == g)[0][0]] for g in group_ids}
+    for c in np.unique(labels):
+        count = int((labels == c).sum())
+        quota = max(1, round(fraction * count)) if count >= 2 else 0
+        taken = 0
+        for g in rng.permutation([g for g in group_ids if first_label[g] == c]):
+            if taken >= quota:
+                break
+            members = groups == g
+            held |= members
+            taken += int(members.sum())
+    return held
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitPlan:
+    max_size: int = 256
+    near_threshold: float = images.NEAR_THRESHOLD
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    # Share of the files held out as `test` when no record is in TEST (no test folder).
+    test_fraction: float = 0.0
+
+
+def decode_all(records: Sequence[Record], max_size: int):
+    """(readable records, unreadable report rows, DuplicateIndex, PNG bytes by relpath)."""
+    index, readable, unreadable, encoded = images.DuplicateIndex(), [], [], {}
+    for rec in records:
+        try:
+            with open(rec.path, "rb") as f:
+                data = f.read()
+            gray = images.decode_grayscale(data, max_size)
+        except (images.UnreadableImage, OSError) as err:
+            unreadable.append({"file": rec.relpath, "error": str(err)})
+            continue
+        index.add(rec.relpath, data, gray)
+        encoded[rec.relpath] = images.encode_png(gray)
+        readable.append(rec)
+    return readable, unreadable, index, encoded
+
+
+def plan_splits(records: Sequence[Record], root: str, class_names: Sequence[str], plan: SplitPlan,
+                dataset: str, config_name: str) -> tuple[dict[str, list[Record]], dict, dict[str, bytes]]:
+    """Decodes every file once (hash + thumbnail, and the PNG the splits store: a training
+    image sits in two splits, train and train_sub/validation), finds duplicates, builds the
+    splits. Returns (splits, report, PNG bytes by relpath)."""
+    readable, unreadable, index, encoded = decode_all(records, plan.max_size)
+    if not readable:
+        raise UserError(f"{root}: none of the {len(records)} files is a readable image "
+                        f"(first: {unreadable[0]['file'] if unreadable else 'none'}: "
+                        f"{unreadable[0]['error'] if unreadable else ''}); expected PNG/JPEG/... slices")
+    exact, near = images.duplicate_groups(index, plan.near_threshold)
+    group = np.arange(len(readable))
+    for g in near:  # near groups include the exact ones
+        group[g] = min(g)
+    labels = np.array([r.label for r in readable])
+    is_test = np.array([r.split_dir == TEST for r in readable])
+    if not is_test.any() and plan.test_fraction > 0:
+        # No test folder: a seeded, group-aware share (a seed apart from validation's).
+        is_test = stratified_group_split(labels, group, plan.test_fraction, plan.split_seed + 1)
+    sim = index.similarity()
+    removed, kept_test = [], []
+    seen_groups: dict[int, str] = {}
+    train_groups = {int(group[i]) for i in np.nonzero(~is_test)[0]}
+    for i in np.nonzero(is_test)[0]:
+        rec = readable[i]
+        members = [j for j in np.nonzero(group == group[i])[0] if j != i]
+        train_match = [j for j in members if not is_test[j]]
+        if int(group[i]) in train_groups:
+            j = max(train_match, key=lambda j: sim[i, j])
+            reason = "exact" if index.hashes[i] == index.hashes[j] else "near"
+            removed.append({"file": rec.relpath, "label": class_names[rec.label],
+                            "reason": f"{reason} duplicate in Training", "match": readable[j].relpath,
+                            "match_label": class_names[readable[j].label], "similarity": round(float(sim[i, j]), 4)})
+        elif int(group[i]) in seen_groups:
+            removed.append({"file": rec.relpath, "label": class_names[rec.label],
+                            "reason": "duplicate within Testing", "match": seen_groups[int(group[i])]})
+        else:
+            seen_groups[int(group[i])] = rec.relpath
+            kept_test.append(rec)
+    train_idx = np.nonzero(~is_test)[0]
+    held = stratified_group_split(labels[train_idx], group[train_idx], plan.val_fraction, plan.split_seed)
+    cross_label = [{"a": readable[g[0]].relpath, "members": [readable[j].relpath for j in g],
+                    "labels": sorted({class_names[labels[j]] for j in g})}
+                   for g in near if len({labels[j] for j in g}) > 1]
+    splits = {
+        "train": [readable[i] for i in train_idx],
+        "test": [readable[i] for i in np.nonzero(is_test)[0]],
+        "test_dedup": kept_test,
+        "train_sub": [readable[i] for i, h in zip(train_idx, held) if not h],
+        "validation": [readable[i] for i, h in zip(train_idx, held) if h],
+    }
+    per_class = lambda recs: {c: sum(r.label == k for r in recs) for k, c in enumerate(class_names)}
+    report = {
+        "dataset": dataset, "config": config_name, "root": root, "files_found": len(records), "class_names": list(class_names),
+        "near_threshold": plan.near_threshold, "thumbnail": images.THUMB,
+        "splits": {k: {"count": len(v), "per_class": per_class(v)} for k, v in splits.items()},
+        "unreadable": unreadable,
+        "exact_duplicate_groups": len(exact),
+        "exact_redundant_copies": int(sum(len(g) - 1 for g in exact)),
+        "near_duplicate_groups": len(near),
+        "test_removed": removed,
+        "test_with_duplicate_in_train": sum(r["reason"].endswith("in Training") for r in removed),
+        "cross_label_groups": cross_label,
+    }
+    return splits, report, encoded
+
+
+def write_reports(report_dir: str, report: dict) -> None:
+    """build_report.json and dedup_report.md in `report_dir`."""
+    os.makedirs(report_dir, exist_ok=True)
+    with open(os.path.join(report_dir, "build_report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(report_dir, "dedup_report.md"), "w") as f:
+        f.write(dedup_markdown(report))
+
+
+def dedup_markdown(report: dict) -> str:
+    names = report["class_names"]
+    lines = [f"# {report['dataset']}/{report['config']}: build and deduplication report", "",
+             f"Source: `{report['root']}`, {report['files_found']} files.", "",
+             "| split | images | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for name, s in report["splits"].items():
+        lines.append(f"| {name} | {s['count']} | " + " | ".join(str(s["per_class"][c]) for c in names) + " |")
+    lines += ["", f"- unreadable files skipped: {len(report['unreadable'])}"]
+    lines += [f"  - `{u['file']}`: {u['error']}" for u in report["unreadable"]]
+    lines += [f"- byte-identical copies: {report['exact_redundant_copies']} redundant files in "
+              f"{report['exact_duplicate_groups']} groups",
+              f"- near-duplicate groups (thumbnail cosine >= {report['near_threshold']}, mirror-invariant): "
+              f"{report['near_duplicate_groups']}",
+              f"- test images with a duplicate in the training files: {report['test_with_duplicate_in_train']} "
+              "(removed from `test_dedup`)",
+              f"- duplicate groups whose members carry different labels: {len(report['cross_label_groups'])}"]
+    lines += [f"  - {g['members']} labels {g['labels']}" for g in report["cross_label_groups"]]
+    lines += ["", "## Removed from test_dedup", "", "| file | label | reason | match | match label | similarity |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {r['file']} | {r['label']} | {r['reason']} | {r.get('match', '')} | {r.get('match_label', '')} | "
+              f"{r.get('similarity', '')} |" for r in report["test_removed"]]
+    return "\n".join(lines) + "\n"
+
+
+def generate_examples(records: Sequence[Record], encoded: dict[str, bytes]):
+    """tfds examples (key, features) of one split."""
+    for rec in records:
+        yield rec.relpath, {"image": encoded[rec.relpath], "label": rec.label, "filename": rec.relpath}
