@@ -53,14 +53,17 @@ INPUT_NAME = "images"
 OUTPUT_NAME = inference.OUTPUT_NAMES[0]  # "probabilities"
 
 
-def output_names(model: Any) -> tuple[str, ...]:
-    """The graph's outputs, in order: probabilities, then quality with a quality head."""
-    return inference.OUTPUT_NAMES if model.quality_head is not None else inference.OUTPUT_NAMES[:1]
+def output_names(model: Any, has_ood: bool = False) -> tuple[str, ...]:
+    """The graph's outputs, in order: probabilities, then quality with a quality head,
+    then ood_score when the run has an OOD rule (calibration.json's "ood")."""
+    return tuple(n for n in inference.OUTPUT_NAMES
+                 if n == "probabilities" or (n == "quality" and model.quality_head is not None)
+                 or (n == "ood_score" and has_ood))
 
 
-def graph_fn(model: Any, variables: dict, temperature: float) -> Callable[[jax.Array], tuple]:
+def graph_fn(model: Any, variables: dict, temperature: float, ood: dict | None = None) -> Callable[[jax.Array], tuple]:
     """`inference.serving_fn` with its outputs as a tuple in `output_names` order."""
-    serve, names = inference.serving_fn(model, variables, temperature), output_names(model)
+    serve, names = inference.serving_fn(model, variables, temperature, ood), output_names(model, ood is not None)
     return lambda images: tuple(serve(images)[name] for name in names)
 
 
@@ -133,7 +136,7 @@ def sidecar(config: ml_collections.ConfigDict, workdir: str, fmt: str, class_nam
         config_hash = hashlib.sha256(f.read()).hexdigest()[:16]
     temperature = float(calibration["temperature"]) if calibration else 1.0
     size = int(config.image_size)
-    shapes = {"probabilities": ["N", len(class_names)], "quality": ["N"]}
+    shapes = {"probabilities": ["N", len(class_names)], "quality": ["N"], "ood_score": ["N"]}
     standardize = str(config.model.get("standardize", "none"))
     out = {"format": fmt, "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["N", size, size, 1]},
            "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": shapes[OUTPUT_NAME]},
@@ -147,11 +150,7 @@ def sidecar(config: ml_collections.ConfigDict, workdir: str, fmt: str, class_nam
                              f"{temperature}. Feed grayscale pixels resized to {size}x{size} (bilinear, antialiased) "
                              "as uint8."),
            "temperature": temperature,
-           "abstention": None if calibration is None else {
-               "rule": calibration["rule"], "threshold": float(calibration["thresholds"][calibration["rule"]]),
-               "target_accuracy": calibration.get("target_accuracy"),
-               "how": ("abstain where max(probabilities) " + ("* quality " if calibration["rule"] == "quality" else "")
-                       + "< threshold (what --mode=predict prints as ABSTAIN)")},
+           "abstention": None if calibration is None else abstention_entry(calibration),
            "backbone": config.model.backbone, "brainjax_version": brainjax.__version__,
            "config_sha256": config_hash}
     report = os.path.join(workdir, "report.json")
@@ -163,6 +162,28 @@ def sidecar(config: ml_collections.ConfigDict, workdir: str, fmt: str, class_nam
                          "clean_macro_f1": r["summary"]["clean_macro_f1"],
                          "mean_corruption_accuracy": r["summary"].get("mean_degraded_accuracy")}
     return out
+
+
+def abstention_entry(calibration: dict) -> dict:
+    """The sidecar's abstention rule: thresholds and how to apply them, exactly as
+    `inference.abstain_decisions` (what --mode=predict prints as ABSTAIN) does."""
+    rule = calibration["rule"]
+    entry = {"rule": rule, "target_accuracy": calibration.get("target_accuracy")}
+    ood = calibration.get("ood")
+    if ood is not None:
+        entry["ood"] = {"method": ood["method"], "threshold": float(ood["threshold"]), "keep": ood["keep"],
+                        "how": "out of distribution where ood_score > threshold"}
+    if rule in ("ood", "ood_max_prob"):
+        entry["threshold"] = float(ood["threshold"])
+        entry["how"] = "abstain where ood_score > ood.threshold" + (
+            " or max(probabilities) < max_prob_threshold" if rule == "ood_max_prob" else "")
+        if rule == "ood_max_prob":
+            entry["max_prob_threshold"] = float(calibration["thresholds"]["max_prob"])
+        return entry
+    entry["threshold"] = float(calibration["thresholds"][rule])
+    entry["how"] = ("abstain where max(probabilities) " + ("* quality " if rule == "quality" else "")
+                    + "< threshold (what --mode=predict prints as ABSTAIN)")
+    return entry
 
 
 def _staging_dir(out: str) -> str:
@@ -195,8 +216,9 @@ def export(workdir: str, fmt: str, out: str | None = None) -> str:
     if calibration is None:
         log.warning("no calibration.json in %s (run --mode=evaluate first): exporting the raw softmax "
                     "(temperature 1) with no abstention rule", workdir)
-    names = output_names(model)
-    fn = graph_fn(model, variables, float(calibration["temperature"]) if calibration else 1.0)
+    ood = inference.load_ood(workdir, calibration)
+    names = output_names(model, ood is not None)
+    fn = graph_fn(model, variables, float(calibration["temperature"]) if calibration else 1.0, ood)
     tmp = _staging_dir(out)
     try:
         target = os.path.join(tmp, os.path.basename(out))

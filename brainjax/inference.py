@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,7 @@ import numpy as np
 
 from brainjax import checkpoint, models, steps
 from brainjax.errors import UserError
+from brainjax.evaluators import ood as ood_lib
 
 log = logging.getLogger("brainjax")
 
@@ -174,38 +175,78 @@ def class_names(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
                     "write report.json")
 
 
-OUTPUT_NAMES = ("probabilities", "quality")
+OUTPUT_NAMES = ("probabilities", "quality", "ood_score")
 
 
-def serving_fn(model: Any, variables: dict, temperature: float = 1.0) -> Callable[[jax.Array], dict]:
+def serving_fn(model: Any, variables: dict, temperature: float = 1.0, ood: Mapping | None = None
+               ) -> Callable[[jax.Array], dict]:
     """uint8 [N, H, W, 1] -> {"probabilities": softmax(logits / temperature) [N, K],
-    "quality": the quality head's scan-quality estimate [N] (only with a quality head)}.
+    "quality": the quality head's scan-quality estimate [N] (only with a quality head),
+    "ood_score": the out-of-distribution score [N] (only with `ood`, see `load_ood`;
+    higher = further from the training data)}.
 
     This one function is what --mode=predict prints and what `brainjax.export`
-    serialises (weights as constants), so the exported model is the evaluated one."""
+    serialises (weights and OOD statistics as constants), so the exported model is the
+    evaluated one."""
     has_quality = model.quality_head is not None
+    if ood is not None and ood["method"] == "mahalanobis":
+        means, precision = (jnp.asarray(ood[k], jnp.float32) for k in ("means", "precision"))
 
     def serve(images: jax.Array) -> dict:
         x = steps.to_float_images(images)
         out = {}
+        result, state = model.apply(variables, x, train=False, with_quality=has_quality, mutable=["intermediates"])
+        logits, quality_logits = result if has_quality else (result, None)
         if has_quality:
-            logits, quality_logits = model.apply(variables, x, train=False, with_quality=True)
             out["quality"] = models.quality_score(quality_logits).astype(jnp.float32)
-        else:
-            logits = model.apply(variables, x, train=False)
         out["probabilities"] = jax.nn.softmax(logits.astype(jnp.float32) / jnp.float32(temperature), axis=-1)
+        if ood is not None:
+            method = ood["method"]
+            if method == "mahalanobis":
+                score = ood_lib.mahalanobis(state["intermediates"]["pooled"][-1], means, precision)
+            elif method == "energy":
+                score = ood_lib.energy(logits, temperature)
+            else:
+                score = ood_lib.max_prob(logits, temperature)
+            out["ood_score"] = score.astype(jnp.float32)
         return out
 
     return serve
 
 
-def abstain_decisions(probabilities: np.ndarray, quality: np.ndarray | None, calibration: dict) -> np.ndarray:
+def load_ood(workdir: str, calibration: Mapping | None) -> dict | None:
+    """The OOD rule fitted at evaluation: {"method", "threshold", "means", "precision"}
+    from calibration.json's "ood" and ood_stats.npz; None when the run has none."""
+    if not calibration or "ood" not in calibration:
+        return None
+    entry = dict(calibration["ood"])
+    path = os.path.join(workdir, entry.get("stats_file", "ood_stats.npz"))
+    if entry["method"] == "mahalanobis":
+        if not os.path.isfile(path):
+            raise UserError(f"{path} is missing but calibration.json has a Mahalanobis OOD threshold; rerun "
+                            "--mode=evaluate to write both")
+        with np.load(path) as f:
+            entry.update(means=f["means"], precision=f["precision"])
+    return entry
+
+
+def abstain_decisions(probabilities: np.ndarray, quality: np.ndarray | None, calibration: dict,
+                      ood_score: np.ndarray | None = None) -> np.ndarray:
     """True where the abstention rule fitted at evaluation (calibration.json: rule and
-    threshold) says not to rely on the prediction; what a deployment does with the
-    export sidecar: score = max_prob (x quality for rule 'quality'), abstain if below."""
+    thresholds) says not to rely on the prediction; what a deployment does with the
+    export sidecar: 'max_prob' / 'quality': score = max_prob (x quality), abstain if below
+    its threshold; 'ood': abstain if the OOD score is above calibration["ood"]["threshold"];
+    'ood_max_prob': either."""
     rule = calibration["rule"]
     if rule == "quality" and quality is None:
         raise UserError("calibration.json's abstention rule is 'quality' but this model has no quality head")
+    if rule in ("ood", "ood_max_prob"):
+        if ood_score is None:
+            raise UserError(f"calibration.json's abstention rule is {rule!r} but no OOD score was computed")
+        out_of_distribution = ood_score > calibration["ood"]["threshold"]
+        if rule == "ood":
+            return out_of_distribution
+        return out_of_distribution | (probabilities.max(-1) < calibration["thresholds"]["max_prob"])
     score = probabilities.max(-1) * (quality if rule == "quality" else 1.0)
     return score < calibration["thresholds"][rule]
 

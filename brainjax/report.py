@@ -19,9 +19,11 @@ from brainjax import degrade, parallel
 log = logging.getLogger("brainjax")
 
 
-def write_report(report: dict, workdir: str) -> None:
+def write_report(report: dict, workdir: str, ood_stats: dict | None = None) -> None:
     """<workdir>/report.json, confusion_matrix.png and robustness.png (process 0 only;
-    report.json is written to a temporary name and renamed, so it is never half-written)."""
+    report.json is written to a temporary name and renamed, so it is never half-written);
+    with calibration, calibration.json (and ood_stats.npz with the OOD statistics), what
+    predict and export need, and their plots."""
     if not parallel.is_main_process():
         return
     path = os.path.join(workdir, "report.json")
@@ -36,6 +38,10 @@ def write_report(report: dict, workdir: str) -> None:
         plot_reliability(report["calibration"], os.path.join(workdir, "reliability.png"))
     if "selective" in report:
         plot_risk_coverage(report["selective"], os.path.join(workdir, "risk_coverage.png"))
+    if ood_stats is not None:
+        save_ood_stats(ood_stats, workdir)
+    if "ood" in report:
+        plot_ood(report["ood"], os.path.join(workdir, "ood.png"))
     log.info("wrote %s", path)
 
 
@@ -92,9 +98,28 @@ def calibration_record(report: dict) -> dict:
     """What prediction needs from an evaluation: the temperature and, per abstention
     rule, the threshold fitted on validation (stored next to the checkpoints)."""
     sel = report["selective"]
-    return {"temperature": report["calibration"]["temperature"], "rule": sel["rule"],
-            "target_accuracy": sel["target_accuracy"],
-            "thresholds": {rule: entry["threshold"] for rule, entry in sel["rules"].items()}}
+    record = {"temperature": report["calibration"]["temperature"], "rule": sel["rule"],
+              "target_accuracy": sel["target_accuracy"],
+              "thresholds": {rule: entry["threshold"] for rule, entry in sel["rules"].items()
+                             if not isinstance(entry["threshold"], dict)}}
+    if "ood" in report:
+        # abstain as out of distribution when the OOD score exceeds this (rules ood, ood_max_prob)
+        record["ood"] = {k: report["ood"][k] for k in ("method", "threshold", "keep")}
+        record["ood"]["stats_file"] = OOD_STATS_FILE
+    return record
+
+
+OOD_STATS_FILE = "ood_stats.npz"
+
+
+def save_ood_stats(stats: dict, workdir: str) -> str:
+    """<workdir>/ood_stats.npz (class means, precision, counts): what predict and export
+    need to compute the OOD score. Atomic like the JSON files."""
+    path = os.path.join(workdir, OOD_STATS_FILE)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **{k: np.asarray(v) for k, v in stats.items()})
+    os.replace(tmp, path)
+    return path
 
 
 def _write_json(obj: dict, path: str) -> None:
@@ -214,4 +239,28 @@ def gallery(image: np.ndarray, path: str, names: Sequence[str] = degrade.NAMES, 
         axes[r, 0].set_ylabel(name, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_ood(section: dict, path: str) -> None:
+    """Histograms of the chosen OOD score: validation (in distribution) vs each OOD set,
+    with the fitted threshold."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist = section["histogram"]
+    edges = np.asarray(hist["edges"])
+    centres = (edges[:-1] + edges[1:]) / 2
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    for name, counts in ((k, v) for k, v in hist.items() if k != "edges"):
+        counts = np.asarray(counts, np.float64)
+        ax.step(centres, counts / max(counts.sum(), 1.0), where="mid", label=name, lw=1.4)
+    ax.axvline(section["threshold"], color="black", ls="--", lw=1, label=f"threshold (keeps {section['keep']:.0%} of val)")
+    ax.set_xlabel(f"{section['method']} OOD score (higher = further from training)")
+    ax.set_ylabel("share of the set")
+    ax.legend(fontsize=8)
+    ax.set_title("out-of-distribution score", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)

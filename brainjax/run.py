@@ -29,8 +29,10 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                         bool(config.eval.get("seed_protocol_split")))
     eval_rng = jax.random.split(jax.random.key(config.seed), 3)[2]
     adapt = evaluators.adapter_from_config(config, model, variables.get("batch_stats", {}))
-    result = evaluators.evaluate(config, eval_fns, parallel.replicate(variables), pipeline, eval_rng, adapt)
-    report.write_report(result, evaluators.report_dir(config, workdir))
+    ood_fns = evaluators.ood_fns_from_config(config, model, pipeline.num_classes)
+    result, ood_stats = evaluators.evaluate(config, eval_fns, parallel.replicate(variables), pipeline, eval_rng, adapt,
+                                            ood_fns)
+    report.write_report(result, evaluators.report_dir(config, workdir), ood_stats)
     return result
 
 
@@ -65,7 +67,7 @@ def predict_images(config: ml_collections.ConfigDict, workdir: str, paths: Seque
         log.warning("no calibration in %s (run --mode=evaluate): raw softmax, no abstention", workdir)
     images, good, failures = _load_images(paths, config.image_size)
     out = dict(paths=good, class_names=class_names, failures=failures, model=model, probabilities=None,
-               quality=None, abstain=None, images=None)
+               quality=None, abstain=None, images=None, ood_score=None, ood=None)
     if not images:
         out["variables"] = variables
         return out
@@ -75,13 +77,32 @@ def predict_images(config: ml_collections.ConfigDict, workdir: str, paths: Seque
         variables, info = evaluators.adapt_on_images(adapt, variables, uint8)
         log.info("adapted BatchNorm statistics to the %d files (%d passes)%s", len(uint8), info["passes"],
                  "; fewer than 32 images give noisy statistics" if len(uint8) < 32 else "")
-    serve = jax.jit(inference.serving_fn(model, variables, cal["temperature"] if cal else 1.0))
+    ood = inference.load_ood(workdir, cal)
+    serve = jax.jit(inference.serving_fn(model, variables, cal["temperature"] if cal else 1.0, ood))
     result = jax.device_get(serve(uint8))
     probs = np.asarray(result["probabilities"])
     quality = np.asarray(result["quality"]) if "quality" in result else None
-    abstain = inference.abstain_decisions(probs, quality, cal) if cal is not None else None
-    out.update(variables=variables, probabilities=probs, quality=quality, abstain=abstain, images=uint8)
+    ood_score = np.asarray(result["ood_score"]) if "ood_score" in result else None
+    abstain = inference.abstain_decisions(probs, quality, cal, ood_score) if cal is not None else None
+    out.update(variables=variables, probabilities=probs, quality=quality, abstain=abstain, images=uint8,
+               ood_score=ood_score, ood=None if ood is None else {k: ood[k] for k in ("method", "threshold")})
     return out
+
+
+def ood_text(pred: dict, i: int) -> str:
+    return f"  ood={pred['ood_score'][i]:.4g}" if pred["ood_score"] is not None else ""
+
+
+def abstain_text(pred: dict, i: int) -> str:
+    """'  ABSTAIN <why>' where the fitted rule abstains, naming the reason: out of
+    distribution (the OOD score is above its threshold) or low confidence / quality."""
+    if pred["abstain"] is None or not pred["abstain"][i]:
+        return ""
+    ood = pred["ood"]
+    if ood is not None and pred["ood_score"][i] > ood["threshold"]:
+        return (f"  ABSTAIN out of distribution: {ood['method']} score {pred['ood_score'][i]:.4g} > threshold "
+                f"{ood['threshold']:.4g} (unlike the training scans; do not rely on this prediction)")
+    return "  ABSTAIN low quality: do not rely on this prediction"
 
 
 def predict_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequence[str], explain: bool = False) -> int:
@@ -99,8 +120,8 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequen
     for i, (path, p) in enumerate(zip(pred["paths"], probs)):
         ranked = "  ".join(f"{class_names[j]} {p[j]:.3f}" for j in np.argsort(-p))
         q = f"quality={quality[i]:.2f}" if quality is not None else "quality=n/a"
-        flag = "  ABSTAIN low quality: do not rely on this prediction" if abstain is not None and abstain[i] else ""
-        print(f"{path}: {class_names[int(p.argmax())]}  ({ranked})  {q}{flag}")
+        print(f"{path}: {class_names[int(p.argmax())]}  ({ranked})  {q}{ood_text(pred, i)}"
+              f"{abstain_text(pred, i)}")
     if explain:
         model, variables = pred["model"], pred["variables"]
         batch = steps.to_float_images(pred["images"])

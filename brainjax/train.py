@@ -164,6 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         out.close()
     rvariables = parallel.replicate(steps.model_variables(best["params"], best["batch_stats"]))
     adapt = evaluators.adapter_from_config(config, model, best["batch_stats"])
-    result = evaluators.evaluate(config, eval_fns, rvariables, pipeline, eval_rng, adapt)
-    report.write_report(result, evaluators.report_dir(config, workdir))
+    ood_fns = evaluators.ood_fns_from_config(config, model, pipeline.num_classes)
+    result, ood_stats = evaluators.evaluate(config, eval_fns, rvariables, pipeline, eval_rng, adapt, ood_fns)
+    report.write_report(result, evaluators.report_dir(config, workdir), ood_stats)
     return result

@@ -140,10 +140,20 @@ def get_config() -> ml_collections.ConfigDict:
     # Calibration (temperature fitted on val_split) and selective prediction: the abstention
     # rule keeps a prediction when its score reaches a threshold fitted on val_split for
     # abstain_target_accuracy. Rules: max_prob (calibrated top probability) | quality
-    # (that times the quality head's estimate; needs model.quality_head.enabled).
+    # (that times the quality head's estimate; needs model.quality_head.enabled) | ood (the
+    # OOD score below) | ood_max_prob (the default: abstain when either max_prob or ood does).
     c.eval.calibration = True
-    c.eval.abstain_rule = "max_prob"
+    c.eval.abstain_rule = "ood_max_prob"
     c.eval.abstain_target_accuracy = 0.95
+    # Out-of-distribution score (evaluators/ood.py): 'mahalanobis' (class-conditional Gaussian
+    # on the pooled backbone features, fitted on train_split), 'energy', 'max_prob', or ''.
+    # The threshold keeps ood_keep of validation; abstain_rule 'ood' / 'ood_max_prob' use it.
+    # ood_dirs: folders of scans from other sites / sequences, scored in report["ood"] (the
+    # default is skipped when absent).
+    c.eval.ood_method = "mahalanobis"
+    c.eval.ood_keep = 0.95
+    c.eval.ood_shrinkage = 0.1
+    c.eval.ood_dirs = ("../shared/data/other_sequences",)
     c.eval.extra_splits = ()  # more splits to report (e.g. validation, test_dedup)
     # The seed project's protocol: each image + one fixed degraded copy, scored mixed and
     # separately (set to a split name, e.g. 'validation', to report it).

@@ -5,6 +5,7 @@ interrupted by Ctrl-C on one process, both must save the same step and resume fr
 process killed with -9, or failing inside a step process 1 waits for, ends the other
 within seconds with one line naming the process and the cause."""
 
+import glob
 import json
 import os
 import shutil
@@ -139,6 +140,15 @@ def test_two_processes_match_one_process_with_four_devices(two_process_run, tmp_
     assert out.returncode == 0, out.stderr[-4000:]
     _assert_same_report(report, _report(on_four))
     assert report["adaptation"]["passes"] == _report(on_four)["adaptation"]["passes"]
+    # The OOD Gaussian of the same model, fitted on 2 processes x 2 devices and on 1 x 4:
+    # float32 sums per batch in another order (~1e-7 relative), float64 across batches;
+    # the precision is a matrix inverse (condition number ~1e3 here), hence its looser bound.
+    two, four = (np.load(glob.glob(os.path.join(d, "**", "ood_stats.npz"), recursive=True)[0])
+                 for d in (workdir, on_four))
+    np.testing.assert_array_equal(two["counts"], four["counts"])
+    np.testing.assert_allclose(two["means"], four["means"], rtol=1e-5, atol=1e-6 * np.abs(two["means"]).max())
+    np.testing.assert_allclose(two["precision"], four["precision"], rtol=1e-3,
+                               atol=1e-4 * np.abs(two["precision"]).max())
 
 
 def _wait_for_windows(workdir, procs, count):

@@ -173,6 +173,9 @@ def _gap_threshold(scores):
     return float(scores[gap] + scores[gap + 1]) / 2
 
 
+OOD_TOL = 1e-4  # ood_score, relative to max(1, |score|)
+
+
 def assert_onnx_equals_predict(workdir, config, paths, capsys):
     """--mode=predict's probabilities, quality and ABSTAIN decisions on image files
     against the exported ONNX file's, run in onnxruntime with the sidecar's abstention
@@ -202,12 +205,16 @@ def assert_onnx_equals_predict(workdir, config, paths, capsys):
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     names = [o["name"] for o in side["outputs"]]
     assert [o.name for o in sess.get_outputs()] == names == (
-        ["probabilities", "quality"] if run_config.model.quality_head.enabled else ["probabilities"])
+        ["probabilities"] + (["quality"] if run_config.model.quality_head.enabled else [])
+        + (["ood_score"] if "ood" in cal else []))
     outputs = dict(zip(names, sess.run(names, {"images": pred["images"]})))
     worst = float(np.abs(outputs["probabilities"] - pred["probabilities"]).max())
     assert worst <= TOL
     if "quality" in outputs:
         assert float(np.abs(outputs["quality"] - pred["quality"]).max()) <= TOL
+    if "ood_score" in outputs:  # relative: Mahalanobis scores run to the hundreds
+        gap = np.abs(outputs["ood_score"] - pred["ood_score"]) / np.maximum(1.0, np.abs(pred["ood_score"]))
+        assert float(gap.max()) <= OOD_TOL, gap
     score = outputs["probabilities"].max(-1) * (outputs["quality"] if rule == "quality" else 1.0)
     assert list(score < side["abstention"]["threshold"]) == list(pred["abstain"])
     return worst

@@ -1,6 +1,8 @@
 """Checks on one trained, calibrated model with a quality head (one training run shared):
 the quality estimate falls with severity, and the exported model is the evaluated one."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,3 +84,78 @@ def test_exported_onnx_equals_predict_on_a_trained_calibrated_model(quality_run,
     assert cal["rule"] == "quality" and abs(cal["temperature"] - 1.0) > 1e-3
     worst = assert_onnx_equals_predict(copy, c, scan_files, capsys)
     print(f"trained zscore model, T = {cal['temperature']:.3f}: max |onnx - predict| = {worst:.2e}")
+
+
+def _shifted_files(paths, folder):
+    """Each scan intensity-inverted inside the head (a contrast no training scan has) and
+    gamma-remapped (x^3): the same anatomy from 'another sequence'."""
+    from PIL import Image
+
+    out = {"inverted": [], "gamma": []}
+    for path in paths:
+        x = np.asarray(Image.open(path).convert("L"), np.float32) / 255.0
+        head = x > 0.05
+        variants = {"inverted": np.where(head, 1.0 - x, 0.0), "gamma": x ** 3}
+        for name, y in variants.items():
+            target = os.path.join(folder, f"{name}_{os.path.basename(path)}.png")
+            Image.fromarray((y * 255).round().astype(np.uint8)).save(target)
+            out[name].append(target)
+    return out
+
+
+def test_ood_score_ranks_shifted_scans_above_their_source(quality_run, scan_files, tmp_path):
+    """On the trained model, the Mahalanobis OOD score of an intensity-inverted or
+    gamma-remapped scan is above the score of the scan it came from."""
+    from brainjax import run
+
+    workdir, c = quality_run
+    run_config = inference.inference_config(c, workdir)
+    clean = scan_files[:6]  # the last two are noisy
+    source = run.predict_images(run_config, workdir, clean)["ood_score"]
+    shifted = _shifted_files(clean, str(tmp_path))
+    for name, files in shifted.items():
+        scores = run.predict_images(run_config, workdir, files)["ood_score"]
+        print(f"{name}: source {np.round(source, 1)} -> {np.round(scores, 1)}")
+        assert (scores > source).all(), (name, source, scores)
+
+
+def test_ood_rule_predict_equals_onnx(quality_run, scan_files, tmp_path, capsys):
+    """Rule 'ood' with a threshold between the scores: predict's ABSTAIN lines say
+    'out of distribution' exactly where the exported model's ood_score exceeds the
+    sidecar's threshold, and the two scores agree."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("jax2onnx")
+    import json
+    import shutil
+
+    from brainjax import export, run
+    from test_export import OOD_TOL, _gap_threshold
+
+    workdir, c = quality_run
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    files = scan_files[:4] + _shifted_files(scan_files[:4], str(tmp_path))["inverted"]
+    run_config = inference.inference_config(c, copy)
+    cal = inference.load_calibration(copy)
+    first = run.predict_images(run_config, copy, files)
+    cal["rule"], cal["ood"]["threshold"] = "ood", _gap_threshold(first["ood_score"])
+    with open(os.path.join(copy, inference.CALIBRATION_FILE), "w") as f:
+        json.dump(cal, f)
+    pred = run.predict_images(run_config, copy, files)
+    assert 0 < pred["abstain"].sum() < len(files)
+    capsys.readouterr()
+    run.predict_files(run_config, copy, files)
+    printed = capsys.readouterr().out.splitlines()
+    assert [("ABSTAIN out of distribution" in line) for line in printed] == list(pred["abstain"])
+    assert all("ood=" in line for line in printed)
+
+    path = export.export(copy, "onnx")
+    side = json.load(open(path + ".json"))
+    assert side["abstention"]["rule"] == "ood" and side["abstention"]["threshold"] == cal["ood"]["threshold"]
+    names = [o["name"] for o in side["outputs"]]
+    outputs = dict(zip(names, ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
+        names, {"images": pred["images"]})))
+    gap = np.abs(outputs["ood_score"] - pred["ood_score"]) / np.maximum(1.0, np.abs(pred["ood_score"]))
+    print(f"max relative |onnx - predict| ood_score: {gap.max():.2e}")
+    assert gap.max() <= OOD_TOL
+    assert list(outputs["ood_score"] > side["abstention"]["threshold"]) == list(pred["abstain"])

@@ -128,3 +128,20 @@ def mean_over(entries: Mapping[str, Mapping[str, float]]) -> dict:
     """Key-wise mean of several metric dicts (e.g. over corruption x severity)."""
     keys = next(iter(entries.values())).keys()
     return {k: float(np.mean([e[k] for e in entries.values()])) for k in keys}
+
+
+def curve_points(scores: np.ndarray, correct: np.ndarray, points: int = 101) -> dict:
+    """Accuracy of the kept predictions at 100 evenly spaced coverages (the plotted curve)."""
+    coverage, accuracy = risk_coverage(scores, correct)
+    grid = np.linspace(0.0, 1.0, points)[1:]
+    picked = np.minimum(np.searchsorted(coverage, grid - 1e-12), len(coverage) - 1)
+    return {"coverage": [float(c) for c in grid], "accuracy": [float(accuracy[i]) for i in picked]}
+
+
+def selective_cell(scores: np.ndarray, correct: np.ndarray, threshold: float) -> dict:
+    """Selective metrics of a rule that keeps a prediction when its score reaches `threshold`."""
+    kept = scores >= threshold
+    return {**selective_metrics(scores, correct),
+            "coverage_at_threshold": float(kept.mean()),
+            # nothing kept: no error among the kept (selective risk 0 by convention)
+            "accuracy_at_threshold": float(correct[kept].mean()) if kept.any() else 1.0}

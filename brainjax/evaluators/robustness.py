@@ -30,7 +30,7 @@ import numpy as np
 
 from brainjax import degrade
 from brainjax.errors import UserError
-from brainjax.evaluators import calibration
+from brainjax.evaluators import calibration, ood
 from brainjax.evaluators.adapt import make_batchnorm_adapter
 from brainjax.evaluators.metrics import classification_metrics, summarize
 from brainjax.evaluators.predict import predict_outputs, predict_split
@@ -74,7 +74,9 @@ def check_config(config: Any, model: Any, batch_stats: Mapping) -> None:
     unknown = [name for name in corruptions if name not in degrade.NAMES]
     if unknown:
         raise UserError(f"eval.corruptions: unknown corruption(s) {unknown}; expected names from {degrade.NAMES}")
-    check_abstain_rule(config.eval.get("abstain_rule", "max_prob"), getattr(model, "quality_head", None) is not None)
+    ood.check_config(config)
+    check_abstain_rule(config.eval.get("abstain_rule", "max_prob"), getattr(model, "quality_head", None) is not None,
+                       bool(config.eval.get("ood_method", "mahalanobis")) and config.eval.get("calibration", True))
     load_reference(config.eval.get("reference_report"))
     if config.eval.get("adapt_batchnorm", False):
         make_batchnorm_adapter(model, batch_stats)
@@ -140,11 +142,13 @@ def _adapted_to(adapt: Callable | None, rvariables: Any, pipeline: Any, split: s
 
 
 def evaluate(config: Any, eval_fns: Mapping, rvariables: Any, pipeline: Any, rng: jax.Array,
-             adapt: Callable | None = None) -> dict:
+             adapt: Callable | None = None, ood_fns: ood.OodFns | None = None) -> tuple[dict, dict | None]:
     """The report of config.test_split (+ config.eval.extra_splits, + the seed protocol).
     `adapt` (config eval.adapt_batchnorm): each evaluated split is scored with BatchNorm
     statistics adapted to its own images; calibration and the seed protocol keep the
-    trained statistics."""
+    trained statistics. `ood_fns` (evaluators.ood_fns_from_config): the out-of-distribution
+    scores, fitted on the training split and thresholded on validation (report["ood"]).
+    Returns (report, the OOD Gaussian statistics or None)."""
     reference = load_reference(config.eval.get("reference_report"))
 
     def scored(split: str, predictions: dict | None = None) -> dict:
@@ -153,19 +157,33 @@ def evaluate(config: Any, eval_fns: Mapping, rvariables: Any, pipeline: Any, rng
         return {**out, "adaptation": adaptation} if adaptation else out
 
     predictions: dict = {}
+    ood_stats = None
     main = scored(config.test_split, predictions)
     report = {"dataset": config.dataset, "class_names": pipeline.class_names, **main}
     if config.eval.get("calibration", True):
         validation = predict_outputs(eval_fns[None], rvariables, pipeline.eval_batches(config.val_split), rng)
+        rule = config.eval.get("abstain_rule", "max_prob")
         report["calibration"], report["selective"] = calibrate(
             validation, predictions, float(config.eval.get("abstain_target_accuracy", 0.95)),
-            config.eval.get("abstain_rule", "max_prob"))
+            "max_prob" if rule in ood.OOD_RULES else rule)
+        if ood_fns is not None:
+            from brainjax.data.pipeline import load_image_file
+
+            report["ood"], rows, ood_stats = ood.evaluate_ood(
+                config, ood_fns, rvariables, pipeline, rng, report["calibration"]["temperature"],
+                report["selective"]["rules"]["max_prob"]["threshold"], load_image_file)
+            report["selective"]["rules"].update(rows)
+            if rule in ood.OOD_RULES:
+                report["selective"].update({"rule": rule, **rows[rule]})
         if "quality" in predictions[None]:
             report["quality"] = quality_summary(predictions)
         cal, sel = report["calibration"], report["selective"]
-        log.info("calibration: T=%.3f (fitted on %s); clean ECE %.4f -> %.4f; selective (%s): threshold %.3f keeps "
+        threshold = sel["threshold"]
+        threshold = (", ".join(f"{k} {v:.4g}" for k, v in threshold.items()) if isinstance(threshold, dict)
+                     else f"{threshold:.3f}")
+        log.info("calibration: T=%.3f (fitted on %s); clean ECE %.4f -> %.4f; selective (%s): threshold %s keeps "
                  "%.1f%% of clean test at accuracy %.4f", cal["temperature"], config.val_split,
-                 cal["clean"]["ece_before"], cal["clean"]["ece_after"], sel["rule"], sel["threshold"],
+                 cal["clean"]["ece_before"], cal["clean"]["ece_after"], sel["rule"], threshold,
                  100 * sel["clean"]["coverage_at_threshold"], sel["clean"]["accuracy_at_threshold"])
     extra = [s for s in config.eval.get("extra_splits", ()) if s != config.test_split]
     if extra:
@@ -178,22 +196,7 @@ def evaluate(config: Any, eval_fns: Mapping, rvariables: Any, pipeline: Any, rng
     log.info("test %s: clean accuracy %.4f, macro F1 %.4f; %s", config.test_split, main["clean"]["accuracy"],
              main["clean"]["macro_f1"],
              ", ".join(f"{n} {a:.3f}" for n, a in main["summary"]["per_corruption_accuracy"].items()))
-    return report
-
-
-def _curve_points(scores: np.ndarray, correct: np.ndarray, points: int = 101) -> dict:
-    coverage, accuracy = calibration.risk_coverage(scores, correct)
-    grid = np.linspace(0.0, 1.0, points)[1:]
-    picked = np.minimum(np.searchsorted(coverage, grid - 1e-12), len(coverage) - 1)
-    return {"coverage": [float(c) for c in grid], "accuracy": [float(accuracy[i]) for i in picked]}
-
-
-def _selective_cell(scores: np.ndarray, correct: np.ndarray, threshold: float) -> dict:
-    kept = scores >= threshold
-    return {**calibration.selective_metrics(scores, correct),
-            "coverage_at_threshold": float(kept.mean()),
-            # nothing kept: no error among the kept (selective risk 0 by convention)
-            "accuracy_at_threshold": float(correct[kept].mean()) if kept.any() else 1.0}
+    return report, ood_stats
 
 
 ABSTAIN_RULES = ("max_prob", "quality")
@@ -208,10 +211,16 @@ def quality_summary(predictions: Mapping) -> dict:
     return {"clean": float(np.mean(predictions[None]["quality"])), "degraded": degraded}
 
 
-def check_abstain_rule(rule: str, has_quality: bool) -> None:
-    """A clear error for an unknown rule, or 'quality' without a quality head."""
+def check_abstain_rule(rule: str, has_quality: bool, has_ood: bool = False) -> None:
+    """A clear error for an unknown rule, 'quality' without a quality head, or an OOD rule
+    without an OOD score."""
+    if rule in ood.OOD_RULES:
+        if not has_ood:
+            raise UserError(f"eval.abstain_rule={rule!r} needs an OOD score: set eval.ood_method (e.g. 'mahalanobis') "
+                            "and keep eval.calibration=True")
+        return
     if rule not in ABSTAIN_RULES:
-        raise UserError(f"eval.abstain_rule must be one of {ABSTAIN_RULES}, got {rule!r}")
+        raise UserError(f"eval.abstain_rule must be one of {ABSTAIN_RULES + ood.OOD_RULES}, got {rule!r}")
     if rule == "quality" and not has_quality:
         raise UserError("eval.abstain_rule='quality' needs a quality head: set model.quality_head.enabled=True")
 
@@ -249,7 +258,7 @@ def calibrate(validation: Mapping, predictions: Mapping, target_accuracy: float,
         cal_cells[key] = calibration.calibration_metrics(out["logits"], out["label"], temperature)
         for r in rules:
             score = abstain_score(probs, out.get("quality"), r)
-            sel_cells[r][key] = _selective_cell(score, correct, thresholds[r])
+            sel_cells[r][key] = calibration.selective_cell(score, correct, thresholds[r])
             scored.setdefault(r, {})[key] = (score, correct)
     degraded = [k for k in predictions if k is not None]
     mean = lambda cells: calibration.mean_over({str(k): cells[k] for k in degraded}) if degraded else {}
@@ -261,9 +270,9 @@ def calibrate(validation: Mapping, predictions: Mapping, target_accuracy: float,
            "degraded_mean": mean(cal_cells), "reliability": bins, "bins": calibration.ECE_BINS}
     by_rule = {}
     for r in rules:
-        curves = {"clean": _curve_points(*scored[r][None])}
+        curves = {"clean": calibration.curve_points(*scored[r][None])}
         if degraded:
-            curves["degraded"] = _curve_points(np.concatenate([scored[r][k][0] for k in degraded]),
+            curves["degraded"] = calibration.curve_points(np.concatenate([scored[r][k][0] for k in degraded]),
                                                np.concatenate([scored[r][k][1] for k in degraded]))
         by_rule[r] = {"threshold": thresholds[r], "clean": sel_cells[r][None], "degraded_mean": mean(sel_cells[r]),
                       "curves": curves}

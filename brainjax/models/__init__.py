@@ -86,7 +86,9 @@ def pretrained(arch: str, weights: str = "imagenet", weights_dir: str | None = N
 def init_variables(model: nn.Module, rng: jax.Array, image_shape: tuple[int, int, int]) -> dict:
     """Initial variables ({'params', maybe 'batch_stats'}) for images of `image_shape`."""
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
-    return dict(jax.jit(lambda r: model.init(r, dummy, train=False))(rng))
+    variables = dict(jax.jit(lambda r: model.init(r, dummy, train=False))(rng))
+    variables.pop("intermediates", None)  # what the Classifier sows (pooled features), not a variable
+    return variables
 
 
 __all__ = [

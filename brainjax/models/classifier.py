@@ -43,6 +43,9 @@ class Classifier(nn.Module):
         """Class logits [N, classes]; with_quality=True: (logits, quality logits [N, K])."""
         x = self.backbone_input(images)
         features = self.backbone(x, train=train and self.base_batchnorm_train)
+        # The pooled features, for out-of-distribution scores (evaluators/ood.py): kept
+        # only when the caller makes "intermediates" mutable, free otherwise.
+        self.sow("intermediates", "pooled", jnp.mean(features.astype(jnp.float32), axis=(1, 2)))
         logits = self.head(features, train=train)
         if self.quality_head is None:
             if with_quality:
