@@ -117,12 +117,16 @@ def test_launch_trains_learns_and_reports(trained_workdir):
     cal = report["calibration"]
     saved = json.load(open(os.path.join(workdir, "calibration.json")))
     assert saved["temperature"] == cal["temperature"] and saved["rule"] == report["selective"]["rule"]
-    assert saved["thresholds"]["max_prob"] == report["selective"]["threshold"]
+    # the default rule, ood_max_prob: max_prob's threshold and the OOD threshold
+    assert saved["thresholds"]["max_prob"] == report["selective"]["threshold"]["max_prob"]
+    assert saved["ood"]["threshold"] == report["selective"]["threshold"]["ood"] == report["ood"]["threshold"]
+    assert os.path.getsize(os.path.join(workdir, "ood.png")) > 5000
     assert set(cal["degraded_mean"]) >= {"ece_before", "ece_after", "nll_before", "nll_after"}
     sel = report["selective"]
-    assert sel["rule"] == "max_prob" and set(sel["clean"]) >= {"aurc", "accuracy_at_80", "accuracy_at_90"}
+    assert sel["rule"] == "ood_max_prob" and set(sel["clean"]) >= {"aurc", "accuracy_at_80", "accuracy_at_90"}
+    assert sel["rules"]["max_prob"]["clean"]["coverage_at_threshold"] >= sel["clean"]["coverage_at_threshold"]
     # Keeping the most confident 80% is at least as accurate as keeping everything, here.
-    assert sel["clean"]["accuracy_at_80"] >= clean["accuracy"] - 1e-9
+    assert sel["rules"]["max_prob"]["clean"]["accuracy_at_80"] >= clean["accuracy"] - 1e-9
     epochs = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
     assert any(e["kind"] == "epoch" and "images_per_sec" in e for e in epochs)
 

@@ -29,18 +29,15 @@ build_report.json and dedup_report.md.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import zipfile
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from brainjax.data import folder_splits, images
 from brainjax.data.folder_splits import Record
 from brainjax.errors import UserError
 
-log = logging.getLogger("brainjax")
 SPLIT_DIRS = (folder_splits.TRAIN, folder_splits.TEST)
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """
@@ -131,11 +128,7 @@ class BrainTumorMri(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8),
-                "label": tfds.features.ClassLabel(names=list(self.builder_config.class_names)),
-                "filename": tfds.features.Text(),
-            }),
+            features=folder_splits.image_features(self.builder_config.class_names),
             supervised_keys=("image", "label"),
             homepage="https://www.kaggle.com/datasets/sartajbhuvaji/brain-tumor-classification-mri",
         )
@@ -148,13 +141,8 @@ class BrainTumorMri(tfds.core.GeneratorBasedBuilder):
         root = find_root(dl_manager.manual_dir, cfg.class_dirs, extract=dl_manager.extract)
         records = scan(root, cfg.class_dirs)
         splits, report, encoded = self._plan(records, root)
-        folder_splits.write_reports(self.report_dir(), report)
-        log.info("brain_tumor_mri/%s: %s; %d unreadable files skipped; report in %s", cfg.name,
-                 {k: len(v) for k, v in splits.items()}, len(report["unreadable"]), self.report_dir())
-        empty = [name for name, recs in splits.items() if not recs]
-        if empty:
-            log.warning("brain_tumor_mri/%s: splits %s would be empty and are not created", cfg.name, empty)
-        return {name: self._generate_examples(recs, encoded) for name, recs in splits.items() if recs}
+        return folder_splits.finish_build(f"brain_tumor_mri/{cfg.name}", self.report_dir(), splits, report,
+                                          lambda recs: self._generate_examples(recs, encoded))
 
     def _plan(self, records: list[Record], root: str) -> tuple[dict[str, list[Record]], dict, dict[str, bytes]]:
         cfg = self.builder_config

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from brainjax.data import images
 from brainjax.errors import UserError
 
+log = logging.getLogger("brainjax")
 TRAIN, TEST = "Training", "Testing"
 
 
@@ -183,6 +185,30 @@ def dedup_markdown(report: dict) -> str:
     lines += [f"| {r['file']} | {r['label']} | {r['reason']} | {r.get('match', '')} | {r.get('match_label', '')} | "
               f"{r.get('similarity', '')} |" for r in report["test_removed"]]
     return "\n".join(lines) + "\n"
+
+
+def finish_build(title: str, report_dir: str, splits: dict[str, list[Record]], report: dict,
+                 generate: Callable[[list[Record]], Any]) -> dict:
+    """The end of a builder's _split_generators: write the reports, log, and return one
+    generator per non-empty split (tfds cannot hold an empty split)."""
+    write_reports(report_dir, report)
+    log.info("%s: classes %s, %s; %d unreadable files skipped; report in %s", title, report["class_names"],
+             {k: len(v) for k, v in splits.items()}, len(report["unreadable"]), report_dir)
+    empty = [name for name, recs in splits.items() if not recs]
+    if empty:
+        log.warning("%s: splits %s would be empty and are not created", title, empty)
+    return {name: generate(recs) for name, recs in splits.items() if recs}
+
+
+def image_features(class_names: Sequence[str]):
+    """The tfds features of both folder builders: image, label (with these names), filename."""
+    import tensorflow_datasets as tfds
+
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8),
+        "label": tfds.features.ClassLabel(names=list(class_names)),
+        "filename": tfds.features.Text(),
+    })
 
 
 def generate_examples(records: Sequence[Record], encoded: dict[str, bytes]):

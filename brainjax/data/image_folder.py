@@ -24,18 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 import os
 import re
 from typing import Any, Mapping
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from brainjax.data import folder_splits, images
 from brainjax.errors import UserError
 
-log = logging.getLogger("brainjax")
 TEST_DIRS = ("test", "Test", "Testing", "testing")
 TRAIN_DIRS = ("train", "Train", "Training", "training")
 
@@ -152,11 +149,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8),
-                "label": tfds.features.ClassLabel(names=list(self.builder_config.class_names)),
-                "filename": tfds.features.Text(),
-            }),
+            features=folder_splits.image_features(self.builder_config.class_names),
             supervised_keys=("image", "label"),
         )
 
@@ -172,14 +165,8 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
                                                             self.name, cfg.name)
         report["test_root"] = cfg.test_root or None
         report["folder_labels"] = {d: cfg.class_names[k] for d, k in cfg.folder_labels}
-        folder_splits.write_reports(self.report_dir(), report)
-        log.info("image_folder/%s: classes %s, %s; %d unreadable files skipped; report in %s", cfg.name,
-                 list(cfg.class_names), {k: len(v) for k, v in splits.items()}, len(report["unreadable"]),
-                 self.report_dir())
-        empty = [name for name, recs in splits.items() if not recs]
-        if empty:
-            log.warning("image_folder/%s: splits %s would be empty and are not created", cfg.name, empty)
-        return {name: self._generate_examples(recs, encoded) for name, recs in splits.items() if recs}
+        return folder_splits.finish_build(f"image_folder/{cfg.name}", self.report_dir(), splits, report,
+                                          lambda recs: self._generate_examples(recs, encoded))
 
     def _generate_examples(self, records, encoded):
         yield from folder_splits.generate_examples(records, encoded)
