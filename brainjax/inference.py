@@ -189,7 +189,7 @@ def serving_fn(model: Any, variables: dict, temperature: float = 1.0, ood: Mappi
     serialises (weights and OOD statistics as constants), so the exported model is the
     evaluated one."""
     has_quality = model.quality_head is not None
-    if ood is not None and ood["method"] == "mahalanobis":
+    if ood is not None and ood["method"] in ood_lib.VIEWS:
         means, precision = (jnp.asarray(ood[k], jnp.float32) for k in ("means", "precision"))
 
     def serve(images: jax.Array) -> dict:
@@ -202,8 +202,9 @@ def serving_fn(model: Any, variables: dict, temperature: float = 1.0, ood: Mappi
         out["probabilities"] = jax.nn.softmax(logits.astype(jnp.float32) / jnp.float32(temperature), axis=-1)
         if ood is not None:
             method = ood["method"]
-            if method == "mahalanobis":
-                score = ood_lib.mahalanobis(state["intermediates"]["pooled"][-1], means, precision)
+            if method in ood_lib.VIEWS:
+                score = ood_lib.mahalanobis_score(state["intermediates"]["pooled"][-1], means, precision,
+                                                  ood_lib.VIEWS[method] == "l2")
             elif method == "energy":
                 score = ood_lib.energy(logits, temperature)
             else:
@@ -221,12 +222,13 @@ def load_ood(workdir: str, calibration: Mapping | None) -> dict | None:
         return None
     entry = dict(calibration["ood"])
     path = os.path.join(workdir, entry.get("stats_file", "ood_stats.npz"))
-    if entry["method"] == "mahalanobis":
+    if entry["method"] in ood_lib.VIEWS:
         if not os.path.isfile(path):
             raise UserError(f"{path} is missing but calibration.json has a Mahalanobis OOD threshold; rerun "
                             "--mode=evaluate to write both")
         with np.load(path) as f:
-            entry.update(means=f["means"], precision=f["precision"])
+            means, precision, _ = ood_lib.gaussian_for({k: f[k] for k in f.files}, entry["method"])
+        entry.update(means=means, precision=precision)
     return entry
 
 

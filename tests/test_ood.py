@@ -42,15 +42,16 @@ def test_gaussian_statistics_equal_numpy_over_the_whole_training_split(smoke_con
     images, labels = np.concatenate(images), np.concatenate(labels)
     assert len(labels) == pipeline.num_examples(config.train_split)
     _, pooled = ood.logits_and_pooled(model, variables, steps.to_float_images(images))
-    f = np.asarray(pooled, np.float64)
-    counts = np.bincount(labels, minlength=4)
-    means = np.stack([f[labels == c].mean(0) for c in range(4)])
-    centred = f - means[labels]
-    cov = centred.T @ centred / len(f)
-    shrunk = 0.9 * cov + 0.1 * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
-    np.testing.assert_array_equal(stats["counts"], counts)
-    np.testing.assert_allclose(stats["means"], means, rtol=1e-5, atol=1e-6 * np.abs(means).max())
-    np.testing.assert_allclose(np.linalg.inv(stats["precision"]), shrunk, rtol=1e-4, atol=1e-6 * np.abs(shrunk).max())
+    raw = np.asarray(pooled, np.float64)
+    np.testing.assert_array_equal(stats["counts"], np.bincount(labels, minlength=4))
+    for f, suffix in ((raw, ""), (raw / np.linalg.norm(raw, axis=1, keepdims=True), "_l2")):
+        means = np.stack([f[labels == c].mean(0) for c in range(4)])
+        centred = f - means[labels]
+        cov = centred.T @ centred / len(f)
+        shrunk = 0.9 * cov + 0.1 * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
+        np.testing.assert_allclose(stats["means" + suffix], means, rtol=1e-5, atol=1e-6 * np.abs(means).max())
+        np.testing.assert_allclose(np.linalg.inv(stats["precision" + suffix]), shrunk, rtol=1e-4,
+                                   atol=1e-6 * np.abs(shrunk).max())
 
 
 def test_mahalanobis_is_the_distance_to_the_nearest_class_mean():

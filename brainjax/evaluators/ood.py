@@ -8,6 +8,8 @@ and no data from the new site (higher = further from the training data):
   mahalanobis  min over classes of the Mahalanobis distance of the pooled backbone
                features to the class mean, with one shared covariance (Lee et al. 2018),
                shrunk toward its mean eigenvalue: S = (1 - a) C + a tr(C)/D I
+  mahalanobis_l2  the same on L2-normalised pooled features (Mahalanobis++, Mueller &
+               Hein 2025)
   energy       -T logsumexp(logits / T) (Liu et al. 2020), T the fitted temperature
   max_prob     1 - the calibrated top probability (the baseline the others must beat)
 
@@ -35,7 +37,7 @@ from brainjax import parallel, steps
 from brainjax.errors import UserError
 
 log = logging.getLogger("brainjax")
-METHODS = ("mahalanobis", "energy", "max_prob")
+METHODS = ("mahalanobis", "mahalanobis_l2", "energy", "max_prob")
 DEFAULT_DIRS = ("../shared/data/other_sequences",)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -48,15 +50,24 @@ def logits_and_pooled(model: Any, variables: Mapping, images: jax.Array) -> tupl
     return logits, state["intermediates"]["pooled"][-1]
 
 
-def moments_step(variables: Mapping, batch: Mapping[str, jax.Array], means: jax.Array, *, model: Any,
-                 num_classes: int, axis_name: str) -> dict:
-    """Masked per-class feature counts and sums, and the scatter around `means` [K, D],
-    summed over the devices and processes of the pmap axis."""
+def feature_views(pooled: jax.Array) -> dict[str, jax.Array]:
+    """The feature spaces a Gaussian is fitted in: the pooled features as they are, and
+    L2-normalised (Mahalanobis++, Mueller & Hein 2025: the norm varies with contrast and
+    scanner more than with content, and normalising it makes the Gaussian fit better)."""
+    return {"raw": pooled, "l2": pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)}
+
+
+def moments_step(variables: Mapping, batch: Mapping[str, jax.Array], means: Mapping[str, jax.Array], *,
+                 model: Any, num_classes: int, axis_name: str) -> dict:
+    """Per feature view: masked per-class feature counts and sums, and the scatter around
+    `means[view]` [K, D], summed over the devices and processes of the pmap axis."""
     _, pooled = logits_and_pooled(model, variables, steps.to_float_images(batch["image"]))
     mask = batch["mask"].astype(jnp.float32)
     onehot = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32) * mask[:, None]
-    centred = (pooled - onehot @ means) * mask[:, None]
-    out = {"count": onehot.sum(0), "sum": onehot.T @ pooled, "scatter": centred.T @ centred}
+    out = {"count": onehot.sum(0)}
+    for view, f in feature_views(pooled).items():
+        centred = (f - onehot @ means[view]) * mask[:, None]
+        out[f"sum_{view}"], out[f"scatter_{view}"] = onehot.T @ f, centred.T @ centred
     return jax.lax.psum(out, axis_name)
 
 
@@ -66,9 +77,9 @@ def make_moments_fn(model: Any, num_classes: int) -> Callable:
 
 
 def _accumulate(step: Callable, rvariables: Any, batches: Iterable[Mapping[str, np.ndarray]],
-                means: np.ndarray) -> dict:
+                means: Mapping[str, np.ndarray]) -> dict:
     total: dict = {}
-    device_means = jnp.asarray(means, jnp.float32)
+    device_means = {k: jnp.asarray(v, jnp.float32) for k, v in means.items()}
     for batch in batches:
         out = parallel.unreplicate(step(rvariables, parallel.shard(
             {k: batch[k] for k in ("image", "label", "mask")}), device_means))
@@ -77,18 +88,39 @@ def _accumulate(step: Callable, rvariables: Any, batches: Iterable[Mapping[str, 
     return total
 
 
+VIEWS = {"mahalanobis": "raw", "mahalanobis_l2": "l2"}  # method -> feature view
+
+
 def fit_gaussian(step: Callable, rvariables: Any, batches_fn: Callable[[], Iterable], num_classes: int,
                  dim: int, shrinkage: float) -> dict:
-    """{"means" [K, D], "precision" [D, D], "counts" [K], "shrinkage"} over the whole
-    split (two passes: means, then the scatter around them)."""
-    first = _accumulate(step, rvariables, batches_fn(), np.zeros((num_classes, dim)))
+    """{"counts" [K], "shrinkage", and per feature view ("", "_l2"): "means" [K, D],
+    "precision" [D, D]} over the whole split (two passes: means, then the scatter around
+    them)."""
+    zeros = {view: np.zeros((num_classes, dim)) for view in VIEWS.values()}
+    first = _accumulate(step, rvariables, batches_fn(), zeros)
     counts = first["count"]
     if (counts == 0).any():
         log.warning("OOD statistics: classes %s have no training example; their means are 0",
                     np.nonzero(counts == 0)[0].tolist())
-    means = first["sum"] / np.maximum(counts, 1)[:, None]
-    scatter = _accumulate(step, rvariables, batches_fn(), means)["scatter"]
-    return gaussian_from_moments(means, scatter, counts, shrinkage)
+    means = {view: first[f"sum_{view}"] / np.maximum(counts, 1)[:, None] for view in VIEWS.values()}
+    second = _accumulate(step, rvariables, batches_fn(), means)
+    stats = {"counts": counts, "shrinkage": np.float64(shrinkage)}
+    for view in VIEWS.values():
+        suffix = "" if view == "raw" else f"_{view}"
+        gaussian = gaussian_from_moments(means[view], second[f"scatter_{view}"], counts, shrinkage)
+        stats[f"means{suffix}"], stats[f"precision{suffix}"] = gaussian["means"], gaussian["precision"]
+    return stats
+
+
+def gaussian_for(stats: Mapping, method: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(means, precision, whether to L2-normalise the features) of a Mahalanobis method."""
+    suffix = "" if VIEWS[method] == "raw" else f"_{VIEWS[method]}"
+    return stats[f"means{suffix}"], stats[f"precision{suffix}"], VIEWS[method] == "l2"
+
+
+def mahalanobis_score(pooled: jax.Array, means: jax.Array, precision: jax.Array, normalize: bool) -> jax.Array:
+    """`mahalanobis` in the feature view a method was fitted in."""
+    return mahalanobis(feature_views(pooled)["l2" if normalize else "raw"], means, precision)
 
 
 def gaussian_from_moments(means: np.ndarray, scatter: np.ndarray, counts: np.ndarray, shrinkage: float) -> dict:
@@ -119,10 +151,14 @@ def max_prob(logits: jax.Array, temperature: float) -> jax.Array:
 def scores(logits: np.ndarray, pooled: np.ndarray, stats: Mapping, temperature: float) -> dict[str, np.ndarray]:
     """Every method's score of a set of examples (host numpy in, host numpy out)."""
     logits, pooled = jnp.asarray(logits), jnp.asarray(pooled)
-    return {"mahalanobis": np.asarray(mahalanobis(pooled, jnp.asarray(stats["means"], jnp.float32),
-                                                  jnp.asarray(stats["precision"], jnp.float32))),
-            "energy": np.asarray(energy(logits, temperature)),
-            "max_prob": np.asarray(max_prob(logits, temperature))}
+    out = {}
+    for method in VIEWS:
+        means, precision, normalize = gaussian_for(stats, method)
+        out[method] = np.asarray(mahalanobis_score(pooled, jnp.asarray(means, jnp.float32),
+                                                   jnp.asarray(precision, jnp.float32), normalize))
+    out["energy"] = np.asarray(energy(logits, temperature))
+    out["max_prob"] = np.asarray(max_prob(logits, temperature))
+    return out
 
 
 def fit_threshold(in_distribution: np.ndarray, keep: float) -> float:
