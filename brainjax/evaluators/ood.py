@@ -234,9 +234,16 @@ def summarize(in_scores: Mapping[str, np.ndarray], out_sets: Mapping[str, Mappin
     return {"method": chosen, "keep": keep, "fitted_on": "validation", "methods": methods}
 
 
-def score_hist_data(in_scores: np.ndarray, out_sets: Mapping[str, np.ndarray]) -> dict:
-    """Score samples for ood.png (validation and each OOD set), rounded for the report."""
-    return {"validation": [float(v) for v in in_scores], **{k: [float(v) for v in s] for k, s in out_sets.items()}}
+def readable_images(folder: str, size: int, load_image: Callable[[str, int], np.ndarray]) -> list[np.ndarray]:
+    """The folder's images as the pipeline decodes them; an unreadable file is skipped with
+    a warning (after training, a bad file must not cost the report)."""
+    images = []
+    for path in image_files(folder):
+        try:
+            images.append(load_image(path, size))
+        except UserError as err:
+            log.warning("eval.ood_dirs: skipping %s", err)
+    return images
 
 
 def folder_outputs(features_fn: Callable, rvariables: Any, images: Sequence[np.ndarray], batch: int) -> dict:
@@ -342,7 +349,10 @@ def evaluate_ood(config: Any, fns: OodFns, rvariables: Any, pipeline: Any, rng: 
     out_sets = {config.test_split: scores(split_outputs["test"]["logits"], split_outputs["test"]["pooled"], stats,
                                           temperature)}
     for folder in ood_folders(config):
-        images = [load_image(path, int(config.image_size)) for path in image_files(folder)]
+        images = readable_images(folder, int(config.image_size), load_image)
+        if not images:
+            log.warning("eval.ood_dirs: no readable image in %s; not scored", folder)
+            continue
         out = folder_outputs(fns.features, rvariables, images, int(config.eval_batch_size))
         out_sets[os.path.basename(os.path.normpath(folder))] = scores(out["logits"], out["pooled"], stats, temperature)
     section = summarize(val, out_sets, keep, method)
