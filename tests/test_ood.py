@@ -19,13 +19,12 @@ def _pipeline(config):
     return InputPipeline(config, num_local_devices=jax.local_device_count())
 
 
-@pytest.mark.parametrize("eval_batch", [48, 40])
-def test_gaussian_statistics_equal_numpy_over_the_whole_training_split(smoke_config, eval_batch):
-    """Means, counts and the shrunk precision from the pmapped two-pass sums (8 devices,
-    padded last batch) against float64 numpy on every training example's features,
-    computed in one unsharded pass. Two eval batch sizes pad differently."""
+def test_gaussian_statistics_equal_numpy_over_the_whole_training_split(smoke_config):
+    """Means, counts and the shrunk precision from the pmapped two-pass sums (8 devices;
+    eval batches of 40 leave a padded last batch) against float64 numpy on every training
+    example's features, computed in one unsharded pass."""
     config = smoke_config
-    config.eval_batch_size = eval_batch
+    config.eval_batch_size = 40
     pipeline = _pipeline(config)
     model = models.create_model(config.model, pipeline.num_classes)
     variables = {"params": model.init(jax.random.key(1), np.zeros((1, 32, 32, 1), np.float32), train=False)["params"]}
@@ -79,19 +78,29 @@ def test_threshold_and_separation_on_known_scores():
         ood.fit_threshold(in_scores, 1.5)
 
 
-@pytest.mark.parametrize("field,value,expected", [
-    ("ood_dirs", ("/no/such/folder",), "eval.ood_dirs: /no/such/folder is not a folder"),
-    ("ood_method", "knn", "eval.ood_method must be one of"),
-    ("abstain_rule", "oodd", "eval.abstain_rule must be one of"),
-])
-def test_bad_ood_settings_stop_before_training(smoke_config, tmp_path, field, value, expected):
+def test_bad_ood_dir_stops_before_training(smoke_config, tmp_path):
     from brainjax import train
 
-    setattr(smoke_config.eval, field, value)
+    smoke_config.eval.ood_dirs = ("/no/such/folder",)
     workdir = tmp_path / "run"
-    with pytest.raises(UserError, match=expected):
+    with pytest.raises(UserError, match="eval.ood_dirs: /no/such/folder is not a folder"):
         train.train_and_evaluate(smoke_config, str(workdir))
     assert not os.path.exists(workdir / "checkpoints") or not os.listdir(workdir / "checkpoints")
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("ood_method", "knn", "eval.ood_method must be one of"),
+    ("abstain_rule", "oodd", "eval.abstain_rule must be one of"),
+    ("ood_keep", 0.0, "eval.ood_keep must be in"),
+])
+def test_bad_ood_settings_are_config_errors(smoke_config, field, value, expected):
+    """The same check train_and_evaluate runs before its first step (above)."""
+    from brainjax import evaluators
+
+    setattr(smoke_config.eval, field, value)
+    model = models.create_model(smoke_config.model, 4)
+    with pytest.raises(UserError, match=expected):
+        evaluators.check_config(smoke_config, model, {})
 
 
 def test_empty_ood_folder_and_ood_rule_without_a_score(smoke_config, tmp_path):
