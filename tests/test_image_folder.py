@@ -4,7 +4,6 @@ error paths; the `brainjax` command's config names; missing extras as one line."
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -113,14 +112,14 @@ def test_two_class_folder_with_a_seeded_test_split_through_predict(tmp_path):
     from brainjax import run, train
 
     tree = tmp_path / "br35h"
-    make_tree(str(tree), {"no": 2, "yes": 0}, per_class=30)
+    make_tree(str(tree), {"no": 2, "yes": 0}, per_class=20)
     config = small_run_config(tmp_path / "tfds", tree, test_fraction=0.2)
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(config, workdir)
     report = json.load(open(os.path.join(workdir, "report.json")))
     assert report["class_names"] == ["no", "yes"]
     cm = np.asarray(report["clean"]["confusion_matrix"])
-    assert cm.shape == (2, 2) and cm.sum(1).tolist() == [6, 6]  # 20% of 30 per class
+    assert cm.shape == (2, 2) and cm.sum(1).tolist() == [4, 4]  # 20% of 20 per class
     pred = run.predict_images(config, workdir, [str(tree / "yes" / "0.png")])
     assert pred["class_names"] == ["no", "yes"] and pred["probabilities"].shape == (1, 2)
     np.testing.assert_allclose(pred["probabilities"].sum(-1), 1.0, rtol=1e-5)

@@ -174,6 +174,7 @@ def test_launch_with_imagenet_weights_missing_stops_cleanly(tmp_path, data_dir):
     assert time.time() - t0 < 120
 
 
+@pytest.mark.slow  # 69 s; the frozen-base step, partition and weight-loading tests above stay
 def test_frozen_transfer_through_launch(saved, tmp_path, data_dir):
     """A loaded, frozen VGG16 base + enhanced head trains through launch.py; base unchanged."""
     from flax import traverse_util

@@ -103,26 +103,12 @@ def _shifted_files(paths, folder):
     return out
 
 
-def test_ood_score_ranks_shifted_scans_above_their_source(quality_run, scan_files, tmp_path):
-    """On the trained model, the Mahalanobis OOD score of an intensity-inverted or
-    gamma-remapped scan is above the score of the scan it came from."""
-    from brainjax import run
-
-    workdir, c = quality_run
-    run_config = inference.inference_config(c, workdir)
-    clean = scan_files[:6]  # the last two are noisy
-    source = run.predict_images(run_config, workdir, clean)["ood_score"]
-    shifted = _shifted_files(clean, str(tmp_path))
-    for name, files in shifted.items():
-        scores = run.predict_images(run_config, workdir, files)["ood_score"]
-        print(f"{name}: source {np.round(source, 1)} -> {np.round(scores, 1)}")
-        assert (scores > source).all(), (name, source, scores)
-
-
-def test_ood_rule_predict_equals_onnx(quality_run, scan_files, tmp_path, capsys):
-    """Rule 'ood' with a threshold between the scores: predict's ABSTAIN lines say
-    'out of distribution' exactly where the exported model's ood_score exceeds the
-    sidecar's threshold, and the two scores agree."""
+def test_ood_score_ranks_shifted_scans_and_predict_equals_onnx(quality_run, scan_files, tmp_path, capsys):
+    """On the trained model: the Mahalanobis OOD score of each intensity-inverted or
+    gamma-remapped scan is above the score of the scan it came from. Then rule 'ood' with
+    a threshold between the scores: predict's ABSTAIN lines say 'out of distribution'
+    exactly where the exported model's ood_score exceeds the sidecar's threshold, and the
+    two scores agree."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("jax2onnx")
     import json
@@ -134,11 +120,16 @@ def test_ood_rule_predict_equals_onnx(quality_run, scan_files, tmp_path, capsys)
     workdir, c = quality_run
     copy = str(tmp_path / "run")
     shutil.copytree(workdir, copy)
-    files = scan_files[:4] + _shifted_files(scan_files[:4], str(tmp_path))["inverted"]
+    clean = scan_files[:4]  # the last two are noisy
+    shifted = _shifted_files(clean, str(tmp_path))
+    files = clean + shifted["inverted"] + shifted["gamma"]
     run_config = inference.inference_config(c, copy)
+    first = run.predict_images(run_config, copy, files)["ood_score"]
+    source, inverted, gamma = first[:4], first[4:8], first[8:]
+    assert (inverted > source).all() and (gamma > source).all(), (source, inverted, gamma)
+
     cal = inference.load_calibration(copy)
-    first = run.predict_images(run_config, copy, files)
-    cal["rule"], cal["ood"]["threshold"] = "ood", _gap_threshold(first["ood_score"])
+    cal["rule"], cal["ood"]["threshold"] = "ood", _gap_threshold(first)
     with open(os.path.join(copy, inference.CALIBRATION_FILE), "w") as f:
         json.dump(cal, f)
     pred = run.predict_images(run_config, copy, files)
@@ -156,6 +147,7 @@ def test_ood_rule_predict_equals_onnx(quality_run, scan_files, tmp_path, capsys)
     outputs = dict(zip(names, ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
         names, {"images": pred["images"]})))
     gap = np.abs(outputs["ood_score"] - pred["ood_score"]) / np.maximum(1.0, np.abs(pred["ood_score"]))
-    print(f"max relative |onnx - predict| ood_score: {gap.max():.2e}")
+    print(f"ood score: source {np.round(source, 1)}, inverted {np.round(inverted, 1)}, gamma {np.round(gamma, 1)}; "
+          f"max relative |onnx - predict| ood_score: {gap.max():.2e}")
     assert gap.max() <= OOD_TOL
     assert list(outputs["ood_score"] > side["abstention"]["threshold"]) == list(pred["abstain"])
