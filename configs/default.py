@@ -145,12 +145,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.calibration = True
     c.eval.abstain_rule = "ood_max_prob"
     c.eval.abstain_target_accuracy = 0.95
-    # Out-of-distribution score (evaluators/ood.py): 'mahalanobis' (class-conditional Gaussian
-    # on the pooled backbone features, fitted on train_split), 'energy', 'max_prob', or ''.
+    # Out-of-distribution score (evaluators/ood.py): 'mahalanobis_l2' (class-conditional
+    # Gaussian on the L2-normalised pooled backbone features, fitted on train_split; chosen
+    # on sartaj_robust, BUILD_NOTES session 8), 'mahalanobis' (unnormalised), 'energy',
+    # 'max_prob', or ''.
     # The threshold keeps ood_keep of validation; abstain_rule 'ood' / 'ood_max_prob' use it.
     # ood_dirs: folders of scans from other sites / sequences, scored in report["ood"] (the
     # default is skipped when absent).
-    c.eval.ood_method = "mahalanobis"
+    c.eval.ood_method = "mahalanobis_l2"
     c.eval.ood_keep = 0.95
     c.eval.ood_shrinkage = 0.1
     c.eval.ood_dirs = ("../shared/data/other_sequences",)

@@ -208,7 +208,7 @@ def ood_folders(config: Any) -> list[str]:
 
 def check_config(config: Any) -> None:
     """eval.ood_method, eval.ood_keep and eval.ood_dirs, before training."""
-    method = config.eval.get("ood_method", "mahalanobis")
+    method = config.eval.get("ood_method", "mahalanobis_l2")
     if method and method not in METHODS:
         raise UserError(f"eval.ood_method must be one of {METHODS} (or '' for none), got {method!r}")
     keep = float(config.eval.get("ood_keep", 0.95))
@@ -296,7 +296,7 @@ def make_ood_fns(model: Any, num_classes: int) -> OodFns:
 
 def ood_fns_from_config(config: Any, model: Any, num_classes: int) -> OodFns | None:
     """None when eval.ood_method is '' (no OOD score) or calibration is off."""
-    if not config.eval.get("ood_method", "mahalanobis") or not config.eval.get("calibration", True):
+    if not config.eval.get("ood_method", "mahalanobis_l2") or not config.eval.get("calibration", True):
         return None
     return make_ood_fns(model, num_classes)
 
@@ -339,7 +339,7 @@ def evaluate_ood(config: Any, fns: OodFns, rvariables: Any, pipeline: Any, rng: 
     eval.ood_dirs folder are scored against it."""
     from brainjax.evaluators.predict import predict_outputs
 
-    method, keep = config.eval.get("ood_method", "mahalanobis"), float(config.eval.get("ood_keep", 0.95))
+    method, keep = config.eval.get("ood_method", "mahalanobis_l2"), float(config.eval.get("ood_keep", 0.95))
     variables_shape = jax.tree.map(lambda x: x[0], rvariables)
     stats = fit_gaussian(fns.moments, rvariables, lambda: pipeline.eval_batches(config.train_split),
                          fns.num_classes, fns.dim_of(variables_shape), float(config.eval.get("ood_shrinkage", 0.1)))

@@ -76,7 +76,7 @@ def check_config(config: Any, model: Any, batch_stats: Mapping) -> None:
         raise UserError(f"eval.corruptions: unknown corruption(s) {unknown}; expected names from {degrade.NAMES}")
     ood.check_config(config)
     check_abstain_rule(config.eval.get("abstain_rule", "max_prob"), getattr(model, "quality_head", None) is not None,
-                       bool(config.eval.get("ood_method", "mahalanobis")) and config.eval.get("calibration", True))
+                       bool(config.eval.get("ood_method", "mahalanobis_l2")) and config.eval.get("calibration", True))
     load_reference(config.eval.get("reference_report"))
     if config.eval.get("adapt_batchnorm", False):
         make_batchnorm_adapter(model, batch_stats)
