@@ -16,6 +16,7 @@ batches feed the steps, so the GPU path needs no TensorFlow.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -28,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from brainjax import baselines, degrade, feature_cache, models, steps, xla_flags
+from brainjax import baselines, degrade, feature_cache, models, parallel, steps, xla_flags
 from brainjax import state as state_lib
 from brainjax.baselines import median_rate
 
@@ -142,20 +143,25 @@ def _loop_images_per_sec(config, workdir: str) -> float:
     return float(np.mean([e["images_per_sec"] for e in epochs[1:]]))
 
 
-def loop_rates(size: int, batch: int, data_dir: str | None, repeats: int = 3) -> dict | None:
-    """loop_efficiency: the whole loop's training images/s on frozen VGG16 (seed chain
+def loop_rates(size: int, batch: int, data_dir: str | None, repeats: int = 3,
+               modes: tuple[str, ...] = ("pmap", "jit")) -> dict | None:
+    """Per parallel mode (config.parallel), side by side in this process:
+    loop_efficiency: the whole loop's training images/s on frozen VGG16 (seed chain
     degradation on device, as in the bare step) / the bare step's, the bare step measured
-    right before and right after the loop (their mean: this machine's speed drifts); and
+    right before and right after the loops (their mean: this machine's speed drifts); and
     checkpoint_overhead_percent: the default config's loop with saves every 10 steps vs
-    the default interval (600 s: only the epoch-end saves, outside the timing).
+    the default interval (600 s: only the epoch-end saves, outside the timing). The
+    baseline `host_copy` is the pmap loop with the saves of before issue 23 (a blocking
+    host copy of the state, `parallel.unreplicate`, handed to orbax).
     None where TensorFlow (the input pipeline) is missing."""
     import tempfile
+    from unittest import mock
 
     try:
         import tensorflow  # noqa: F401
     except ImportError:
         return None
-    out: dict = {}
+    out: dict = {"devices": jax.device_count()}
     with tempfile.TemporaryDirectory() as tmp:
         c = _config("vgg16", size, batch)
         c.dataset, c.data_dir = "brain_phantom/small", data_dir or os.path.join(tmp, "tfds")
@@ -163,18 +169,30 @@ def loop_rates(size: int, batch: int, data_dir: str | None, repeats: int = 3) ->
         c.train_degrade = degrade.SEED_CHAIN_CFG
         c.eval.corruptions, c.early_stopping.enabled = (), False
         before = flax_rates("vgg16", size, batch, repeats, kinds=("frozen",))["frozen_img_s"]
-        out["loop_img_s"] = _loop_images_per_sec(c, os.path.join(tmp, "vgg"))
+        for mode in modes:
+            c.parallel = mode
+            out[f"{mode}_loop_img_s"] = _loop_images_per_sec(c, os.path.join(tmp, f"vgg_{mode}"))
         after = flax_rates("vgg16", size, batch, repeats, kinds=("frozen",))["frozen_img_s"]
         out["loop_bare_step_img_s"] = [before, after]
-        out["loop_efficiency"] = out["loop_img_s"] / float(np.mean([before, after]))
+        for mode in modes:
+            out[f"{mode}_loop_efficiency"] = out[f"{mode}_loop_img_s"] / float(np.mean([before, after]))
         d = _config("tiny", 64, 64)
         d.dataset, d.data_dir, d.num_epochs, d.eval.corruptions = c.dataset, c.data_dir, 6, ()
         d.early_stopping.enabled = False
-        out["default_loop_img_s"] = _loop_images_per_sec(d, os.path.join(tmp, "default"))
-        d.checkpoint_every_steps = 10
-        out["ckpt_every_10_loop_img_s"] = _loop_images_per_sec(d, os.path.join(tmp, "every10"))
-        out["checkpoint_overhead_percent_every_10_steps"] = 100 * (1 - out["ckpt_every_10_loop_img_s"]
-                                                                   / out["default_loop_img_s"])
+        runs = [(mode, mode, False) for mode in modes] + [("host_copy", "pmap", True)]
+        for name, mode, host_copy in runs:
+            d.parallel = mode
+            with mock.patch.object(parallel, "checkpoint_copy", parallel.unreplicate) if host_copy \
+                    else contextlib.nullcontext():
+                d.checkpoint_every_steps = 0
+                default = _loop_images_per_sec(d, os.path.join(tmp, f"default_{name}"))
+                d.checkpoint_every_steps = 10
+                every10 = _loop_images_per_sec(d, os.path.join(tmp, f"every10_{name}"))
+            out[f"{name}_default_loop_img_s"], out[f"{name}_ckpt_every_10_loop_img_s"] = default, every10
+            out[f"{name}_checkpoint_overhead_percent_every_10_steps"] = 100 * (1 - every10 / default)
+    lead = modes[0]  # the keys of the earlier single-mode benchmark, for the first mode
+    out.update(loop_img_s=out[f"{lead}_loop_img_s"], loop_efficiency=out[f"{lead}_loop_efficiency"],
+               checkpoint_overhead_percent_every_10_steps=out[f"{lead}_checkpoint_overhead_percent_every_10_steps"])
     return out
 
 

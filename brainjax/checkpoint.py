@@ -12,8 +12,11 @@ from flaky storage, a MemoryError, a reworded message) stops the run with the fi
 place, and every process restores the same step.
 Keeping the best model inside every step directory makes "latest" and "best" one fact:
 no crash point can leave them naming different epochs (two managers saved one after the
-other could). Saves are asynchronous: the caller hands over host arrays (the only
-device-to-host copy) and orbax writes in the background. Inference restores `best` alone,
+other could). Saves are asynchronous: the caller hands over device arrays (a device-side
+copy of the replicated state, one global array per leaf) and orbax copies them to the
+host and writes in the background. Restores place the arrays with an explicit target
+sharding (replicated over every device to resume training; one device for inference),
+so a checkpoint saved on another topology restores safely. Inference restores `best` alone,
 so it works whatever optimizer or trainable set the run was trained with.
 """
 
@@ -25,6 +28,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from brainjax import parallel
@@ -33,8 +37,16 @@ from brainjax.errors import UserError
 log = logging.getLogger("brainjax")
 
 
-def _abstract(tree: Any) -> Any:
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+def _abstract(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+    """Restore targets: the template's shapes and dtypes, placed with `sharding` (never
+    the sharding recorded in the checkpoint, which names the saving run's devices)."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not hasattr(x, "dtype")
+                                                       else x.dtype, sharding=sharding), tree)
+
+
+def _one_device() -> jax.sharding.Sharding:
+    """Where inference wants restored variables: this process's first device."""
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
 
 # What orbax (and tensorstore beneath it) raises when a step's files are readable but
@@ -92,8 +104,9 @@ class Checkpoints:
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True))
 
     def save(self, step: int, state: Any, best: Any, loop: dict) -> None:
-        """Starts an asynchronous save of host pytrees `state` and `best` (model
-        variables) and JSON `loop` at `step`; returns once orbax owns the data."""
+        """Starts an asynchronous save of pytrees `state` and `best` (model variables;
+        device arrays replicated over every device, see `parallel.checkpoint_copy`, or
+        host arrays) and JSON `loop` at `step`; returns once orbax owns the data."""
         saved = self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best), loop=ocp.args.JsonSave(loop)),
             force=True)
@@ -175,8 +188,9 @@ class Checkpoints:
     def restore(self, state_template: Any, best_template: Any) -> tuple[Any, Any, dict] | None:
         """(state, best, loop) of the newest readable step, or None without checkpoints."""
         out = self._restore_newest(lambda step: ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(state_template)),
-            best=ocp.args.StandardRestore(_abstract(best_template)), loop=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(_abstract(state_template, parallel.replicated_sharding())),
+            best=ocp.args.StandardRestore(_abstract(best_template, parallel.replicated_sharding())),
+            loop=ocp.args.JsonRestore()))
         if out is None:
             return None
         return out[1]["state"], out[1]["best"], dict(out[1]["loop"])
@@ -185,7 +199,7 @@ class Checkpoints:
         """(best model variables, loop) of the newest readable step: params and
         batch_stats only, no optimizer state."""
         out = self._restore_newest(lambda step: ocp.args.Composite(
-            best=ocp.args.StandardRestore(_abstract(best_template)), loop=ocp.args.JsonRestore()))
+            best=ocp.args.StandardRestore(_abstract(best_template, _one_device())), loop=ocp.args.JsonRestore()))
         if out is None:
             return None
         return out[1]["best"], dict(out[1]["loop"])

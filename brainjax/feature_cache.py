@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from brainjax import degrade, partition, steps
+from brainjax import degrade, parallel, partition, steps
 from brainjax.errors import UserError
 
 
@@ -103,8 +103,7 @@ class CachedBatches:
         for s, idx in enumerate(batch_order(len(self.labels), self.batch_size, 1, self.seed, first_epoch=epoch)):
             if s < start:
                 continue
-            yield {"image": self.features[idx].reshape(d, -1, *self.features.shape[1:]),
-                   "label": self.labels[idx].reshape(d, -1)}
+            yield parallel.device_rows({"image": self.features[idx], "label": self.labels[idx]}, d)
 
 
 @functools.lru_cache(maxsize=16)

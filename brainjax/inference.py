@@ -154,7 +154,7 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, num_c
     if restored is None:
         raise UserError(f"no checkpoint in {os.path.abspath(workdir)}; train first "
                         f"(python launch.py --workdir={workdir} --config=...)")
-    best, _ = restored
+    best = jax.device_get(restored[0])
     return model, steps.model_variables(best["params"], best["batch_stats"])
 
 

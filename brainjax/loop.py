@@ -173,8 +173,8 @@ class _MetricWindows:
         out = []
         while len(self.inflight) > keep:
             step, window = self.inflight.pop(0)
-            host = jax.device_get(window)
-            out.append((step, {k: float(sum(np.asarray(m[k])[0] for m in host)) for k in host[0]}))
+            host = [parallel.first_device(m) for m in window]
+            out.append((step, {k: float(sum(m[k] for m in host)) for k in host[0]}))
         return out
 
 
@@ -239,7 +239,7 @@ def _fit(config, ckpt, *, state, step_fn, source, validate, rng, writers, tag, w
     def save(step: int) -> None:
         nonlocal last_save_time, last_save_step
         # a deep copy: orbax serialises in the background while the loop goes on
-        ckpt.save(step, parallel.unreplicate(rstate), best, copy.deepcopy(progress))
+        ckpt.save(step, parallel.checkpoint_copy(rstate), best, copy.deepcopy(progress))
         last_save_time, last_save_step = time.monotonic(), step
 
     def stop_for_preemption(step: int) -> None:
@@ -293,7 +293,7 @@ def _fit(config, ckpt, *, state, step_fn, source, validate, rng, writers, tag, w
                             totals={"loss_sum": 0.0, "correct": 0.0, "count": 0.0})
             rstate = rstate.replace(lr_scale=parallel.replicate(np.float32(progress["lr_scale"])))
             if progress["improved"]:
-                best = model_of(parallel.unreplicate(rstate))
+                best = model_of(parallel.checkpoint_copy(rstate))
             epoch_times.append(time.perf_counter() - t0)
             remaining = 0 if progress["stop"] else config.num_epochs - progress["epoch"]
             eta = float(np.mean(epoch_times)) * remaining

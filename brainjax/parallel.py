@@ -1,20 +1,34 @@
-"""The one place that knows about `jax.pmap`, device layout and processes.
+"""The one place that knows the device layout, `jax.pmap` / `jax.shard_map` and processes.
 
-Step functions in `brainjax.steps` are plain functions of (state, batch, rng) that take
-an optional `axis_name`; this module binds the axis and wraps them. `jax.pmap` is in
-maintenance mode upstream: moving to `jax.jit` + `jax.shard_map` touches only this file.
+Step functions in `brainjax.steps` (and the evaluators) are plain functions of
+(state, batch, *broadcast) with an `axis_name` for their collectives (gradient and
+BatchNorm pmean, metric psum); this module binds the axis and compiles them in one of
+two modes (`config.parallel`, set once per run with `set_mode`):
 
-Layout: state is replicated on every local device (leading axis = local devices, a
-NamedSharding over a 1-D 'batch' mesh); batches arrive from the pipeline already shaped
-[local_devices, per_device_batch, ...]. Across processes (`jax.distributed`), pmap's
-collectives span all devices of all processes; host-side agreement between processes
-(barriers, gathering evaluation outputs) goes through `multihost_utils` here too.
+  pmap  `jax.pmap` over the local devices: state replicated with a leading local-device
+        axis; batches [local_devices, per_device, ...]. Across processes
+        (`jax.distributed`) pmap's collectives span every device of every process.
+  jit   `jax.jit` of `jax.shard_map` over a 1-D mesh of every device of every process:
+        state is one global array per leaf, replicated (no device axis); batches are
+        global arrays [global_batch, ...] sharded over the mesh, built from each
+        process's rows with `jax.make_array_from_process_local_data`. The step function
+        runs per device exactly as under pmap (same per-device batch, same collectives),
+        so both modes train the same model; the jit path is the current JAX idiom and
+        needs no host-local/global conversion on every call.
+
+Callers never see the difference: the pipeline hands every mode the same host batches
+[local_devices, per_device, ...]; `shard` lays them out, `replicate` / `unreplicate`
+move state, `host_local` / `first_device` read a step's per-device outputs, and
+`checkpoint_copy` gives orbax device arrays to save (no blocking host copy).
+Host-side agreement between processes (barriers, gathering evaluation outputs) goes
+through `multihost_utils` here too.
 """
 
 from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import functools
 import itertools
 import os
@@ -24,39 +38,172 @@ import time
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXIS = "batch"
+MODES = ("pmap", "jit")
 T = TypeVar("T")
+_mode = "pmap"
+
+
+def set_mode(mode: str) -> None:
+    """Selects how steps are compiled and state is laid out (`config.parallel`)."""
+    global _mode
+    if mode not in MODES:
+        from brainjax.errors import UserError
+
+        raise UserError(f"config.parallel={mode!r}: must be one of {', '.join(MODES)}")
+    _mode = mode
+
+
+def mode() -> str:
+    return _mode
+
+
+@contextlib.contextmanager
+def using(new_mode: str) -> Iterator[None]:
+    """`set_mode(new_mode)` for the duration of a block (tests, benchmarks)."""
+    old = _mode
+    set_mode(new_mode)
+    try:
+        yield
+    finally:
+        set_mode(old)
+
+
+@functools.lru_cache(maxsize=None)
+def _mesh(devices: tuple) -> Mesh:
+    return Mesh(np.asarray(devices), (AXIS,))
+
+
+def global_mesh() -> Mesh:
+    """1-D mesh over every device of every process (process-major, as jax.devices())."""
+    return _mesh(tuple(jax.devices()))
+
+
+def replicated_sharding() -> NamedSharding:
+    """Every device of every process holds the whole array (state, checkpoints)."""
+    return NamedSharding(global_mesh(), PartitionSpec())
+
+
+def batch_sharding() -> NamedSharding:
+    """Leading axis split over every device of every process (global batches)."""
+    return NamedSharding(global_mesh(), PartitionSpec(AXIS))
 
 
 def _local_sharding() -> NamedSharding:
-    return NamedSharding(Mesh(np.asarray(jax.local_devices()), (AXIS,)), PartitionSpec(AXIS))
+    return NamedSharding(_mesh(tuple(jax.local_devices())), PartitionSpec(AXIS))
+
+
+def _host(x: Any) -> np.ndarray:
+    """Host copy of an array that every process can read whole (numpy, or a device array
+    that is fully addressable or fully replicated)."""
+    return np.asarray(jax.device_get(x))
+
+
+def _global_replicated(x: Any) -> jax.Array:
+    if isinstance(x, jax.Array) and x.sharding == replicated_sharding():
+        return x
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_global_replicated(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    host = _host(x)
+    return jax.make_array_from_callback(host.shape, replicated_sharding(), lambda index: host[index])
 
 
 def replicate(tree: Any) -> Any:
-    """Copies a host/device pytree onto every local device (leading device axis)."""
+    """State or variables (host or device arrays) laid out for the steps: pmap, copied
+    onto every local device (leading device axis); jit, one global replicated array."""
+    if _mode == "jit":
+        return jax.tree.map(_global_replicated, tree)
     n = jax.local_device_count()
     sharding = _local_sharding()
 
     def put(x):
-        x = np.asarray(jax.device_get(x))
+        x = _host(x)
         return jax.device_put(np.broadcast_to(x, (n, *x.shape)), sharding)
 
     return jax.tree.map(put, tree)
 
 
 def unreplicate(tree: Any) -> Any:
-    """First replica of a replicated pytree, as host numpy arrays (a device-to-host copy)."""
+    """Host numpy copy of replicated state or variables (one replica)."""
+    def first(x):
+        if not isinstance(x, jax.Array):
+            return np.asarray(x)
+        data = np.asarray(x.addressable_shards[0].data)
+        return np.array(data[0] if _mode == "pmap" else data)
+
+    return jax.tree.map(first, tree)
+
+
+def first_device(tree: Any) -> Any:
+    """Host numpy copy of the first device's part of a step's outputs (outputs reduced
+    over the axis, such as psum'd metrics or moments, are the same on every device)."""
     return jax.tree.map(lambda x: np.array(np.asarray(x.addressable_shards[0].data)[0]), tree)
 
 
+def host_local(x: jax.Array) -> np.ndarray:
+    """This process's part of a per-device step output, [local_devices, ...] in local
+    device order (the order `shard` gave the batch rows)."""
+    if _mode == "pmap":
+        return np.asarray(x)
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    return np.concatenate([np.asarray(s.data) for s in shards])
+
+
+def device_rows(tree: Any, num_devices: int | None = None) -> Any:
+    """Host batch arrays [n, ...] in the layout every mode's `shard` takes:
+    [local_devices, n / local_devices, ...] (row i goes to local device i // per_device)."""
+    d = num_devices or jax.local_device_count()
+    return jax.tree.map(lambda x: np.asarray(x).reshape(d, -1, *np.shape(x)[1:]), tree)
+
+
+def flat_rows(x: np.ndarray) -> np.ndarray:
+    """The inverse of `device_rows`: [local_devices, per_device, ...] -> [n, ...]."""
+    return np.asarray(x).reshape(-1, *np.shape(x)[2:])
+
+
 def shard(batch: Any) -> Any:
-    """Puts a host batch laid out [local_devices, ...] onto the local devices."""
+    """Puts a host batch laid out [local_devices, per_device, ...] onto the devices: pmap,
+    as is over the local devices; jit, as this process's rows of a global batch."""
+    if _mode == "jit":
+        sharding = batch_sharding()
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+            sharding, np.asarray(x).reshape(-1, *x.shape[2:])), batch)
     sharding = _local_sharding()
     return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
+
+
+@jax.jit
+def _copy(tree: Any) -> Any:
+    return jax.tree.map(jnp.copy, tree)
+
+
+def checkpoint_copy(tree: Any) -> Any:
+    """A device-side copy of replicated state as global arrays replicated over every
+    device of every process, which orbax saves directly (its own device-to-host transfer,
+    no host copy here) and which later steps cannot donate away."""
+    if _mode == "jit":
+        return _copy(tree)
+    sharding = NamedSharding(global_mesh(), PartitionSpec(AXIS))
+
+    def as_global(x):  # the local replicas [local_devices, ...] as rows of one global array
+        shards = [s.data for s in x.addressable_shards]
+        return jax.make_array_from_single_device_arrays((jax.device_count(), *x.shape[1:]), sharding, shards)
+
+    return _first_row(jax.tree.map(as_global, tree))
+
+
+def _first_row(tree: Any) -> Any:
+    return _first_row_jit(replicated_sharding())(tree)
+
+
+@functools.lru_cache(maxsize=None)
+def _first_row_jit(sharding: NamedSharding) -> Callable:
+    return jax.jit(lambda t: jax.tree.map(lambda x: x[0], t), out_shardings=sharding)
 
 
 def prefetch_to_device(batches: Iterable[Any], size: int = 2) -> Iterator[Any]:
@@ -76,16 +223,38 @@ def prefetch_to_device(batches: Iterable[Any], size: int = 2) -> Iterator[Any]:
         yield batch
 
 
-def pmap_step(step_fn: Callable, *, num_broadcast: int = 1, donate_state: bool = False) -> Callable:
-    """pmaps `step_fn(state, batch, *broadcast)` over local devices with collectives on AXIS.
-
-    State and batch carry a leading device axis; the `num_broadcast` trailing arguments
-    (rng, severity level, ...) are the same on every device. With `donate_state`, the old
-    state's buffers are reused for the new one.
-    """
+def compiled_step(step_fn: Callable, *, num_broadcast: int = 1, donate_state: bool = False) -> Callable:
+    """Compiles `step_fn(state, batch, *broadcast, axis_name)` for the current mode, with
+    collectives on AXIS. State is replicated, the batch split over devices, the
+    `num_broadcast` trailing arguments (rng, severity level, ...) the same everywhere.
+    With `donate_state`, `step_fn` returns (new state, outputs) and the old state's
+    buffers are reused for the new one; otherwise it returns outputs. Outputs are
+    per device (read them with `host_local` / `first_device`)."""
     fn = functools.partial(step_fn, axis_name=AXIS)
-    return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0) + (None,) * num_broadcast,
-                    donate_argnums=(0,) if donate_state else ())
+    if _mode == "pmap":
+        return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0) + (None,) * num_broadcast,
+                        donate_argnums=(0,) if donate_state else ())
+    return _shard_mapped(fn, num_broadcast, donate_state)
+
+
+def _shard_mapped(fn: Callable, num_broadcast: int, donate_state: bool) -> Callable:
+    spec, rows = PartitionSpec(), PartitionSpec(AXIS)
+
+    def per_device(state, batch, *broadcast):
+        out = fn(state, batch, *broadcast)
+        with_axis = functools.partial(jax.tree.map, lambda y: jnp.asarray(y)[None])  # pmap's device axis
+        return (out[0], with_axis(out[1])) if donate_state else with_axis(out)
+
+    mapped = jax.shard_map(per_device, mesh=global_mesh(), in_specs=(spec, rows) + (spec,) * num_broadcast,
+                           out_specs=(spec, rows) if donate_state else rows, check_vma=False)
+    jitted = jax.jit(mapped, donate_argnums=(0,) if donate_state else ())
+
+    def call(state, batch, *broadcast):
+        if jax.process_count() > 1:  # host-local broadcast values as global replicated arrays
+            broadcast = tuple(_global_replicated(b) for b in broadcast)
+        return jitted(state, batch, *broadcast)
+
+    return call
 
 
 # ---------------------------------------------------------------------------------------

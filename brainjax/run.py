@@ -21,7 +21,12 @@ log = logging.getLogger("brainjax")
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Re-evaluates the best checkpoint of `workdir` on the test split (every process
     takes its share; process 0 writes report.json, under adapted/ with
-    eval.adapt_batchnorm)."""
+    eval.adapt_batchnorm), in the config's parallel mode."""
+    with parallel.using(config.get("parallel", "pmap")):
+        return _evaluate_workdir(config, workdir)
+
+
+def _evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pipeline = train.input_pipeline(config)
     model, variables = inference.restore_for_inference(config, workdir, pipeline.num_classes)
     evaluators.check_config(config, model, variables.get("batch_stats", {}))

@@ -110,7 +110,13 @@ def quality_loss_weight(config: ml_collections.ConfigDict) -> float:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from `workdir` if it holds a checkpoint), then evaluates the best
-    model on the test split, clean and degraded; writes report.json. Returns the report."""
+    model on the test split, clean and degraded; writes report.json. Returns the report.
+    Steps are compiled in the config's parallel mode (`config.parallel`)."""
+    with parallel.using(config.get("parallel", "pmap")):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cached = bool(config.get("feature_cache"))
     if config.get("fixed_degraded_copy") and not cached:
         raise UserError("config.fixed_degraded_copy=True (the seed's fixed degraded copies) is implemented for the "
@@ -157,7 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                  quality_loss_weight=quality_loss_weight(config), **step_kwargs)
     out = writers.default_writers(workdir)
     try:
-        best, _ = loop.fit(config, workdir, state=host_state, step_fn=parallel.pmap_step(step, donate_state=True),
+        best, _ = loop.fit(config, workdir, state=host_state, step_fn=parallel.compiled_step(step, donate_state=True),
                            source=source, validate=validate, rng=train_rng, writers=out,
                            tag="cached" if cached else "")
     finally:
@@ -167,4 +173,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ood_fns = evaluators.ood_fns_from_config(config, model, pipeline.num_classes)
     result, ood_stats = evaluators.evaluate(config, eval_fns, rvariables, pipeline, eval_rng, adapt, ood_fns)
     report.write_report(result, evaluators.report_dir(config, workdir), ood_stats)
+    log.info("input: process %d of %d decoded %d examples (its share of every split read)", jax.process_index(),
+             jax.process_count(), pipeline.examples_decoded())
     return result

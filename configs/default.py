@@ -60,6 +60,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 128
     c.shuffle_buffer = 50_000
     c.prefetch = 2
+    # The training split is cut into input_shards contiguous shards; each process reads,
+    # decodes and caches only its own (input_shards must be a multiple of the process
+    # count, batch_size a multiple of input_shards). The training order depends on
+    # input_shards, never on the process or device count.
+    c.input_shards = 8
+    # pmap: jax.pmap over local devices (state with a device axis). jit: jax.jit +
+    # shard_map over a mesh of all devices of all processes (global arrays). Same model.
+    c.parallel = "pmap"
 
     # Model.
     c.model = ml_collections.ConfigDict()

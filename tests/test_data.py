@@ -58,7 +58,7 @@ def test_train_batches_shape_dtype_and_seeded_shuffle(smoke_config):
 def test_eval_sees_every_example_exactly_once(smoke_config, eval_batch, process_count):
     smoke_config.eval_batch_size = eval_batch
     devices = 8 if eval_batch % (8 * process_count) == 0 else (4 if eval_batch % (4 * process_count) == 0 else 2)
-    smoke_config.batch_size = devices * process_count
+    smoke_config.batch_size = smoke_config.input_shards = devices * process_count  # whole shards per process
     indices, counts = [], []
     for proc in range(process_count):
         p = _pipeline(smoke_config, devices, proc, process_count)

@@ -42,12 +42,23 @@ def _env(devices: int) -> dict:
     return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
 
 
-def _start_pair(workdir, data_dir, *extra, only_process_0=()):
+def _start_procs(count, devices, workdir, data_dir, *extra, only_process_0=()):
     port = _free_port()
     return [subprocess.Popen([sys.executable, "launch.py", f"--workdir={workdir}", *OVERRIDES,
-                              f"--config.data_dir={data_dir}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                              f"--process_id={i}", *extra, *(only_process_0 if i == 0 else ())], cwd=ROOT, env=_env(2),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+                              f"--config.data_dir={data_dir}", f"--coordinator_address=127.0.0.1:{port}",
+                              f"--num_processes={count}", f"--process_id={i}", *extra,
+                              *(only_process_0 if i == 0 else ())], cwd=ROOT, env=_env(devices),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(count)]
+
+
+def _start_pair(workdir, data_dir, *extra, only_process_0=()):
+    return _start_procs(2, 2, workdir, data_dir, *extra, only_process_0=only_process_0)
+
+
+def _decoded(log) -> int:
+    """Examples this process decoded (train.py's closing 'input:' line)."""
+    line = [l for l in log.splitlines() if "input: process" in l][-1]
+    return int(line.split(" decoded ")[1].split()[0])
 
 
 def _wait(procs, expect=0) -> list[str]:
@@ -93,7 +104,42 @@ def two_process_run(tmp_path_factory):
     return workdir, data_dir, logs, time.time() - t0
 
 
-def test_two_processes_match_one_process_with_four_devices(two_process_run, tmp_path):
+@pytest.fixture(scope="module")
+def one_process_run(two_process_run, tmp_path_factory):
+    """The same config on 1 process x 4 devices (pmap): the reference of every layout."""
+    _, data_dir, _, _ = two_process_run
+    single = str(tmp_path_factory.mktemp("single") / "run")
+    out = subprocess.run([sys.executable, "launch.py", f"--workdir={single}", *OVERRIDES,
+                          f"--config.data_dir={data_dir}"], cwd=ROOT, env=_env(4), capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return single, out.stderr
+
+
+def _epochs(workdir):
+    return [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl")) if '"kind": "epoch"' in l]
+
+
+def _assert_same_training_decisions(a, b):
+    """Epochs run, learning rate per epoch (every plateau step) and best epoch exactly;
+    validation losses within rtol 1e-4 (see the 2 x 2 test for why)."""
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]  # the same plateau / early-stopping decisions
+    assert [r["learning_rate"] for r in a] == [r["learning_rate"] for r in b]
+    assert np.argmin([r["val_loss"] for r in a]) == np.argmin([r["val_loss"] for r in b])  # best epoch
+    np.testing.assert_allclose([r["val_loss"] for r in a], [r["val_loss"] for r in b], rtol=1e-4)
+
+
+def _evaluated_on_four_devices(workdir, data_dir, target):
+    """`workdir`'s model evaluated again on 1 process x 4 devices (a copy of the run)."""
+    shutil.copytree(workdir, target)
+    out = subprocess.run([sys.executable, "launch.py", f"--workdir={target}", "--mode=evaluate",
+                          f"--config.data_dir={data_dir}"], cwd=ROOT, env=_env(4), capture_output=True, text=True,
+                         timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return _report(target)
+
+
+def test_two_processes_match_one_process_with_four_devices(two_process_run, one_process_run, tmp_path):
     workdir, data_dir, logs, seconds = two_process_run
     print(f"2-process run (dataset built from scratch): {seconds:.1f} s")
     assert "2 processes" in logs[0]
@@ -121,24 +167,14 @@ def test_two_processes_match_one_process_with_four_devices(two_process_run, tmp_
     # - the report: the 2 x 2 model evaluated on 1 process x 4 devices must give the
     #   2 x 2 report's confusion matrices exactly (evaluation is per example; only the
     #   test-time BatchNorm moments are summed, ~1e-7 relative).
-    single = str(tmp_path / "single")
-    out = subprocess.run([sys.executable, "launch.py", f"--workdir={single}", *OVERRIDES,
-                          f"--config.data_dir={data_dir}"], cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=TIMEOUT)
-    assert out.returncode == 0, out.stderr[-4000:]
-    a = [json.loads(l) for l in open(os.path.join(single, "metrics.jsonl")) if '"kind": "epoch"' in l]
-    b = [r for r in records if r["kind"] == "epoch"]
-    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]  # the same plateau / early-stopping decisions
-    assert [r["learning_rate"] for r in a] == [r["learning_rate"] for r in b]
-    assert np.argmin([r["val_loss"] for r in a]) == np.argmin([r["val_loss"] for r in b])  # best epoch
-    np.testing.assert_allclose([r["val_loss"] for r in a], [r["val_loss"] for r in b], rtol=1e-4)
+    single, single_log = one_process_run
+    _assert_same_training_decisions(_epochs(single), [r for r in records if r["kind"] == "epoch"])
+    # Each process read and decoded its half of every split (720 + 80 + 120 examples in
+    # all): 460, where the 1-process run decoded 920.
+    assert [_decoded(log) for log in logs] == [460, 460] and _decoded(single_log) == 920
 
     on_four = str(tmp_path / "two_by_two_model_on_four_devices")
-    shutil.copytree(workdir, on_four)
-    out = subprocess.run([sys.executable, "launch.py", f"--workdir={on_four}", "--mode=evaluate",
-                          f"--config.data_dir={data_dir}"], cwd=ROOT, env=_env(4), capture_output=True, text=True,
-                         timeout=TIMEOUT)
-    assert out.returncode == 0, out.stderr[-4000:]
-    _assert_same_report(report, _report(on_four))
+    _assert_same_report(report, _evaluated_on_four_devices(workdir, data_dir, on_four))
     assert report["adaptation"]["passes"] == _report(on_four)["adaptation"]["passes"]
     # The OOD Gaussian of the same model, fitted on 2 processes x 2 devices and on 1 x 4:
     # float32 sums per batch in another order (~1e-7 relative), float64 across batches;
@@ -149,6 +185,26 @@ def test_two_processes_match_one_process_with_four_devices(two_process_run, tmp_
     np.testing.assert_allclose(two["means"], four["means"], rtol=1e-5, atol=1e-6 * np.abs(two["means"]).max())
     np.testing.assert_allclose(two["precision"], four["precision"], rtol=1e-3,
                                atol=1e-4 * np.abs(two["precision"]).max())
+
+
+# 4 processes on 2 cores: the jit mode (also the multi-process jit path) in the default
+# suite, the pmap mode (which the 2 x 2 test covers across processes) in the slow tier.
+@pytest.mark.parametrize("mode", ["jit", pytest.param("pmap", marks=pytest.mark.slow)])
+def test_four_processes_of_one_device_match_one_process_with_four(mode, two_process_run, one_process_run, tmp_path):
+    """4 processes x 1 device, each reading a quarter of every split: the training
+    decisions of 1 process x 4 devices, and the same report for the same model."""
+    _, data_dir, _, _ = two_process_run
+    single, _ = one_process_run
+    workdir = str(tmp_path / f"four_{mode}")
+    t0 = time.time()
+    logs = _wait(_start_procs(4, 1, workdir, data_dir, f"--config.parallel={mode}"))
+    print(f"4-process run ({mode}): {time.time() - t0:.1f} s")
+    assert "4 processes" in logs[0]
+    assert [_decoded(log) for log in logs] == [230] * 4  # a quarter of 920
+    _assert_same_training_decisions(_epochs(single), _epochs(workdir))
+    report = _report(workdir)
+    assert np.asarray(report["clean"]["confusion_matrix"]).sum() == report["num_examples"] == 120
+    _assert_same_report(report, _evaluated_on_four_devices(workdir, data_dir, str(tmp_path / "on_four")))
 
 
 def _wait_for_windows(workdir, procs, count):

@@ -98,7 +98,7 @@ def test_pmap_step_equals_single_device_step():
     _, _, state, step, _ = _setup(degrade_cfg=cfg)
     batch = _batch(32)
     single, m1 = jax.jit(step)(state, batch, jax.random.key(5))
-    pstep = parallel.pmap_step(step)
+    pstep = parallel.compiled_step(step)
     sharded = jax.tree.map(lambda x: x.reshape(8, 4, *x.shape[1:]), batch)
     multi, m8 = pstep(parallel.replicate(state), parallel.shard(sharded), jax.random.key(5))
     multi = parallel.unreplicate(multi)
@@ -284,7 +284,7 @@ def test_synced_batchnorm_step_does_not_depend_on_the_device_split():
     kw = dict(tx=tx, label_tree=labels, degrade_cfg={"recipe": "none"})
     batch = _batch(32)
     single, m1 = jax.jit(functools.partial(steps.train_step, model=plain, **kw))(state, batch, jax.random.key(3))
-    pstep = parallel.pmap_step(functools.partial(steps.train_step, model=synced, **kw))
+    pstep = parallel.compiled_step(functools.partial(steps.train_step, model=synced, **kw))
     sharded = jax.tree.map(lambda x: x.reshape(8, 4, *x.shape[1:]), batch)
     multi, m8 = pstep(parallel.replicate(state), parallel.shard(sharded), jax.random.key(3))
     multi = parallel.unreplicate(multi)
@@ -293,7 +293,7 @@ def test_synced_batchnorm_step_does_not_depend_on_the_device_split():
                     jax.tree.leaves((multi.params, multi.batch_stats))):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
     # without the axis each device normalises its own 4 examples: a different step
-    unsynced = parallel.pmap_step(functools.partial(steps.train_step, model=plain, **kw))
+    unsynced = parallel.compiled_step(functools.partial(steps.train_step, model=plain, **kw))
     _, m8u = unsynced(parallel.replicate(state), parallel.shard(sharded), jax.random.key(3))
     assert abs(float(m1["loss_sum"]) - float(np.asarray(m8u["loss_sum"])[0])) > 1e-3
 

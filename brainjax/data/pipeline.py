@@ -1,20 +1,24 @@
 """tf.data input pipeline (big_vision / scenic order).
 
-  decode (tfds) -> grayscale -> resize to config.image_size -> uint8 [H, W, 1]
-  -> cache (decoded, resized, uint8: ~H*W bytes per example)
-  -> train: shuffle per epoch (seeded by (seed, epoch), the same on every process)
-     -> batch(global batch, drop_remainder) -> skip the batches a resumed run already
-     took -> this process's slice of each global batch
-     -> [local_devices, per_device_batch, H, W, 1]
-  -> eval: per-process split (tfds.split_for_jax_process) -> batch -> pad the last
-     batch with mask=0 -> same layout; every example of the split is seen exactly once,
-     whatever the batch size or the number of processes
+  this process's contiguous range of the split (a tfds read instruction: nothing else is
+  read or decoded) -> decode (tfds) -> grayscale -> resize to config.image_size
+  -> uint8 [H, W, 1] -> cache (decoded, resized, uint8: ~H*W bytes per example)
+  -> train: the split is cut into `config.input_shards` (V) contiguous shards, a fixed
+     number independent of the process count; process p owns shards
+     [p*V/P, (p+1)*V/P). Every shard is shuffled per epoch (seeded by (seed, epoch,
+     shard), the same whatever process owns it) and batched into sub-batches of
+     global_batch/V (drop_remainder); global batch b is the concatenation of every
+     shard's b-th sub-batch, in shard order. This process's slice of it is the
+     concatenation of its own shards' sub-batches -> skip the batches a resumed run
+     already took -> [local_devices, per_device_batch, H, W, 1]
+  -> eval: the same per-process range -> batch -> pad the last batch with mask=0 ->
+     same layout; every example of the split is seen exactly once, whatever the batch
+     size or the number of processes
   -> prefetch.
 
-Training batches are global batches cut into per-process slices (each process caches
-the whole training split), so P processes x D devices see exactly the examples, order
-and per-example keys of 1 process x P*D devices: the model does not depend on the
-layout. Evaluation reads only this process's share and gathers outputs afterwards.
+So P processes x D devices see exactly the examples, order and per-example keys
+(folded from the global index) of 1 process x P*D devices, the model does not depend
+on the layout, and each process decodes and caches 1/P of every split.
 
 The host ships uint8 one-channel images; float conversion, degradation, channel
 replication and backbone preprocessing run on device.
@@ -33,6 +37,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import brainjax.data  # noqa: F401  (registers builders)
+from brainjax import parallel
 from brainjax.data import image_folder, kaggle
 
 Batch = dict[str, np.ndarray]
@@ -117,6 +122,13 @@ def prepare_dataset(config: Mapping[str, Any]) -> None:
     builder_for(config)
 
 
+def shard_bounds(n: int, parts: int) -> list[int]:
+    """Boundaries of `parts` contiguous, near-equal ranges of n examples: range i is
+    [bounds[i], bounds[i + 1]). The same function cuts processes and input shards, so
+    with V a multiple of P every process range is a union of whole shards."""
+    return [(i * n) // parts for i in range(parts + 1)]
+
+
 class InputPipeline:
     """Train/eval iterators over one tfds dataset, sharded over processes and devices."""
 
@@ -129,12 +141,24 @@ class InputPipeline:
         self.builder = builder_for(config)
         self.class_names: list[str] = list(self.builder.info.features["label"].names)
         self._cache: dict[str, tf.data.Dataset] = {}
+        self._filled: set[str] = set()
+        self.decoded = tf.Variable(0, dtype=tf.int64, trainable=False)  # examples decoded by this process
         self.global_batch = int(config.batch_size)
         self.eval_global_batch = int(config.get("eval_batch_size", config.batch_size))
         for name, gb in (("batch_size", self.global_batch), ("eval_batch_size", self.eval_global_batch)):
             if gb % (num_local_devices * process_count):
                 raise UserError(f"config.{name}={gb} must be divisible by the number of devices "
                                  f"({num_local_devices * process_count})")
+        self.input_shards = int(config.get("input_shards", 8))
+        if self.input_shards < 1 or self.input_shards % process_count:
+            raise UserError(f"config.input_shards={self.input_shards} must be a positive multiple of the process "
+                            f"count ({process_count}): each process reads whole shards. Set "
+                            f"--config.input_shards to a multiple of {process_count} (the training order depends "
+                            "on it, not on the process count)")
+        if self.global_batch % self.input_shards:
+            raise UserError(f"config.batch_size={self.global_batch} must be divisible by config.input_shards="
+                            f"{self.input_shards} (every global batch takes the same number of examples from "
+                            "each shard); change one of them")
 
     @property
     def num_classes(self) -> int:
@@ -143,56 +167,94 @@ class InputPipeline:
     def num_examples(self, split: str) -> int:
         return int(self.builder.info.splits[split].num_examples)
 
-    def _cached(self, split: str, whole: bool = False) -> tf.data.Dataset:
-        """This process's share of `split` (all of it with `whole`), decoded and resized,
-        cached in memory."""
-        whole = whole or self.process_count == 1
-        key = (split, whole)
-        if key not in self._cache:
-            local = split if whole else tfds.split_for_jax_process(
-                split, process_index=self.process_index, process_count=self.process_count, drop_remainder=False)
-            ds = self.builder.as_dataset(split=local, shuffle_files=False,
-                                         read_config=tfds.ReadConfig(add_tfds_id=False))
-            ds = ds.enumerate()  # position within this process's share
-            base = 0 if whole else self._process_offset(split)
-            size = self.size
-            ds = ds.map(lambda i, ex: {"image": to_gray_resized(ex["image"], size),
-                                       "label": tf.cast(ex["label"], tf.int32),
-                                       "index": tf.cast(i, tf.int32) + base},
-                        num_parallel_calls=tf.data.AUTOTUNE)
-            self._cache[key] = ds.cache()
-        return self._cache[key]
+    def process_range(self, split: str) -> tuple[int, int]:
+        """[lo, hi): the global indices of `split` this process reads."""
+        bounds = shard_bounds(self.num_examples(split), self.process_count)
+        return bounds[self.process_index], bounds[self.process_index + 1]
 
-    def _process_offset(self, split: str) -> int:
-        """Global index of this process's first example (even_splits, no drop)."""
-        n, k = self.num_examples(split), self.process_count
-        return sum(n // k + (1 if p < n % k else 0) for p in range(self.process_index))
+    def _absolute(self, split: str) -> tuple[str, int] | None:
+        """(base split, first index) of a one-range split spec such as `train[90%:]`;
+        None for a combined one (`train+test`)."""
+        instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(self.builder.info.splits)
+        if len(instructions) != 1:
+            return None
+        return instructions[0].splitname, int(instructions[0].from_ or 0)
+
+    def _read_instruction(self, split: str, lo: int, hi: int) -> str:
+        """The tfds split string reading exactly examples [lo, hi) of `split` (at least one
+        example is read: tfds rejects empty ranges; the caller takes hi - lo)."""
+        absolute = self._absolute(split)
+        if absolute is None:
+            return split
+        base, start = absolute
+        return f"{base}[{start + lo}:{start + max(hi, lo + 1)}]"
+
+    def examples_decoded(self) -> int:
+        """Examples this process has decoded so far (all splits): a count kept by the
+        decode step itself, for the scale-out benchmark and tests."""
+        return int(self.decoded.numpy())
+
+    def _cached(self, split: str) -> tf.data.Dataset:
+        """This process's range of `split`, decoded and resized, cached in memory, with
+        each example's global index."""
+        if split not in self._cache:
+            lo, hi = self.process_range(split)
+            ds = self.builder.as_dataset(split=self._read_instruction(split, lo, hi), shuffle_files=False,
+                                         read_config=tfds.ReadConfig(add_tfds_id=False))
+            if self._absolute(split) is None:  # a combined split: read whole, keep this process's range
+                ds = ds.skip(lo)
+            ds = ds.take(hi - lo).enumerate()  # position within this process's range
+            size, counter = self.size, self.decoded
+
+            def decode(i, ex):
+                with tf.control_dependencies([counter.assign_add(1)]):
+                    return {"image": to_gray_resized(ex["image"], size), "label": tf.cast(ex["label"], tf.int32),
+                            "index": tf.cast(i, tf.int32) + lo}
+
+            self._cache[split] = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
+        return self._cache[split]
+
+    def _filled_cache(self, split: str) -> tf.data.Dataset:
+        """`_cached(split)` read through once, so that the per-shard views taken from it
+        (skip/take) read memory instead of each decoding the files again."""
+        ds = self._cached(split)
+        if split not in self._filled:
+            for _ in ds.prefetch(tf.data.AUTOTUNE):
+                pass
+            self._filled.add(split)
+        return ds
 
     def steps_per_epoch(self, split: str) -> int:
-        """Global batches per epoch (drop_remainder), the same on every process."""
-        steps = self.num_examples(split) // self.global_batch
+        """Global batches per epoch (drop_remainder in every shard), the same on every
+        process."""
+        n, v = self.num_examples(split), self.input_shards
+        steps = (n // v) // (self.global_batch // v)
         if steps == 0:
-            raise UserError(f"split {split!r} has {self.num_examples(split)} examples, fewer than one "
-                             f"global batch of {self.global_batch}; lower config.batch_size")
+            raise UserError(f"split {split!r} has {n} examples, fewer than one global batch of "
+                             f"{self.global_batch} (or than batch_size/input_shards per input shard); lower "
+                             "config.batch_size or config.input_shards")
         return steps
-
-    def _device_layout(self, batch: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        d = self.num_local_devices
-        return {k: tf.reshape(v, [d, -1, *v.shape[1:]]) for k, v in batch.items()}
 
     def train_epoch(self, split: str, epoch: int, seed: int, start_step: int = 0) -> Iterator[Batch]:
         """This process's part of one epoch of shuffled global training batches,
         [devices, per_device, ...], from the `start_step`-th batch on (exact resume)."""
-        local_batch = self.global_batch // self.process_count
-        lo = self.process_index * local_batch
-        ds = self._cached(split, whole=True)
-        buffer = min(int(self.config.get("shuffle_buffer", 50_000)), self.num_examples(split))
-        ds = ds.shuffle(buffer, seed=seed * 100_003 + epoch, reshuffle_each_iteration=False)
-        ds = ds.batch(self.global_batch, drop_remainder=True).take(self.steps_per_epoch(split)).skip(start_step)
-        if self.process_count > 1:
-            ds = ds.map(lambda b: {k: v[lo:lo + local_batch] for k, v in b.items()})
-        ds = ds.map(self._device_layout).prefetch(int(self.config.get("prefetch", 2)))
-        return tfds.as_numpy(ds)
+        v, p, count = self.input_shards, self.process_index, self.process_count
+        bounds = shard_bounds(self.num_examples(split), v)
+        lo, _ = self.process_range(split)
+        ds = self._filled_cache(split)
+        sub_batch, steps = self.global_batch // v, self.steps_per_epoch(split)
+        buffer = int(self.config.get("shuffle_buffer", 50_000))
+        parts = []
+        for shard in range(p * v // count, (p + 1) * v // count):
+            a, b = bounds[shard] - lo, bounds[shard + 1] - lo
+            part = ds.skip(a).take(b - a).shuffle(max(min(buffer, b - a), 1),
+                                                  seed=(seed * 100_003 + epoch) * 4_099 + shard,
+                                                  reshuffle_each_iteration=False)
+            parts.append(part.batch(sub_batch, drop_remainder=True).take(steps))
+        ds = tf.data.Dataset.zip(tuple(parts)).map(
+            lambda *subs: {k: tf.concat([s[k] for s in subs], axis=0) for k in subs[0]})
+        ds = ds.skip(start_step).prefetch(int(self.config.get("prefetch", 2)))
+        return (parallel.device_rows(batch, self.num_local_devices) for batch in tfds.as_numpy(ds))
 
     def eval_batches(self, split: str) -> Iterator[Batch]:
         """Every example of `split` exactly once; padded examples carry mask 0."""
@@ -206,7 +268,6 @@ class InputPipeline:
             yield self._pad_and_shard(batch, local_batch)
         for _ in range(num_batches - produced):  # processes with a smaller share
             yield self._pad_and_shard(None, local_batch)
-
     def _pad_and_shard(self, batch: Batch | None, local_batch: int) -> Batch:
         if batch is None:
             batch = {"image": np.zeros((0, self.size, self.size, 1), np.uint8),
@@ -214,5 +275,4 @@ class InputPipeline:
         n = len(batch["label"])
         out = {k: np.concatenate([v, np.zeros((local_batch - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
         out["mask"] = (np.arange(local_batch) < n).astype(np.float32)
-        d = self.num_local_devices
-        return {k: v.reshape(d, local_batch // d, *v.shape[1:]) for k, v in out.items()}
+        return parallel.device_rows(out, self.num_local_devices)

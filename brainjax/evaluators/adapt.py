@@ -95,7 +95,7 @@ def make_batchnorm_adapter(model: Any, batch_stats: Mapping) -> Callable:
     if layers == 0:
         raise UserError("config.eval.adapt_batchnorm=True, but this model has no BatchNorm layer to adapt "
                         "(VGG and the tiny CNN without model.tiny.batchnorm have none); set it to False")
-    step = parallel.pmap_step(functools.partial(batchnorm_moments_step, model=model), num_broadcast=0)
+    step = parallel.compiled_step(functools.partial(batchnorm_moments_step, model=model), num_broadcast=0)
     return functools.partial(adapt_batchnorm, step, max_passes=layers + 1)
 
 
@@ -125,7 +125,7 @@ def adapt_on_images(adapt: Callable, variables: Mapping, images: np.ndarray) -> 
     padded = np.zeros((devices * per_device, *images.shape[1:]), images.dtype)
     padded[:len(images)] = images
     mask = (np.arange(devices * per_device) < len(images)).astype(np.float32)
-    batch = {"image": padded.reshape(devices, per_device, *images.shape[1:]), "mask": mask.reshape(devices, per_device)}
+    batch = parallel.device_rows({"image": padded, "mask": mask}, devices)
     adapted, info = adapt(parallel.replicate(variables), lambda: [batch])
     return parallel.unreplicate(adapted), info
 
@@ -133,7 +133,7 @@ def adapt_on_images(adapt: Callable, variables: Mapping, images: np.ndarray) -> 
 def _pass(step: Callable, rvariables: Any, batches: Iterable[Mapping[str, np.ndarray]]) -> dict:
     total: dict = {}
     for batch in batches:
-        out = parallel.unreplicate(step(rvariables, parallel.shard(
+        out = parallel.first_device(step(rvariables, parallel.shard(
             {k: batch[k] for k in ("image", "mask")})))
         total = out if not total else jax.tree.map(np.add, total, out)
     return total

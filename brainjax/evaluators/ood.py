@@ -72,7 +72,7 @@ def moments_step(variables: Mapping, batch: Mapping[str, jax.Array], means: Mapp
 
 
 def make_moments_fn(model: Any, num_classes: int) -> Callable:
-    return parallel.pmap_step(functools.partial(moments_step, model=model, num_classes=num_classes),
+    return parallel.compiled_step(functools.partial(moments_step, model=model, num_classes=num_classes),
                               num_broadcast=1)
 
 
@@ -81,7 +81,7 @@ def _accumulate(step: Callable, rvariables: Any, batches: Iterable[Mapping[str, 
     total: dict = {}
     device_means = {k: jnp.asarray(v, jnp.float32) for k, v in means.items()}
     for batch in batches:
-        out = parallel.unreplicate(step(rvariables, parallel.shard(
+        out = parallel.first_device(step(rvariables, parallel.shard(
             {k: batch[k] for k in ("image", "label", "mask")}), device_means))
         out = {k: np.asarray(v, np.float64) for k, v in out.items()}
         total = out if not total else {k: total[k] + out[k] for k in total}
@@ -291,7 +291,7 @@ def make_ood_fns(model: Any, num_classes: int) -> OodFns:
         return int(pooled.shape[-1])
 
     return OodFns(num_classes, make_moments_fn(model, num_classes),
-                  parallel.pmap_step(functools.partial(split_step, model=model), num_broadcast=2), features, dim_of)
+                  parallel.compiled_step(functools.partial(split_step, model=model), num_broadcast=2), features, dim_of)
 
 
 def ood_fns_from_config(config: Any, model: Any, num_classes: int) -> OodFns | None:

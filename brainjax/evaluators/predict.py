@@ -25,7 +25,7 @@ def make_eval_fns(model: Any, corruptions: tuple[str, ...] = (), seed_protocol: 
     A model with a quality head also returns its scan-quality score per example."""
     names = (None, *corruptions, *((degrade.SEED_CHAIN,) if seed_protocol else ()))
     with_quality = getattr(model, "quality_head", None) is not None
-    return {name: parallel.pmap_step(functools.partial(steps.eval_step, model=model, corruption=name,
+    return {name: parallel.compiled_step(functools.partial(steps.eval_step, model=model, corruption=name,
                                                        with_quality=with_quality), num_broadcast=2)
             for name in names}
 
@@ -33,12 +33,8 @@ def make_eval_fns(model: Any, corruptions: tuple[str, ...] = (), seed_protocol: 
 def real_examples(batch: Mapping[str, np.ndarray], keys: tuple[str, ...]) -> list[np.ndarray]:
     """`keys` of a padded eval batch [devices, per_device, ...], flattened over devices,
     without the padding (mask 0) rows."""
-    mask = batch["mask"].reshape(-1) > 0
-    return [batch[k].reshape(-1, *batch[k].shape[2:])[mask] for k in keys]
-
-
-def _flat(x: np.ndarray) -> np.ndarray:
-    return x.reshape(-1, *x.shape[2:])
+    mask = parallel.flat_rows(batch["mask"]) > 0
+    return [parallel.flat_rows(batch[k])[mask] for k in keys]
 
 
 def predict_outputs(eval_fn: Callable, rvariables: Any, batches: Iterable[Mapping[str, np.ndarray]],
@@ -50,10 +46,10 @@ def predict_outputs(eval_fn: Callable, rvariables: Any, batches: Iterable[Mappin
     for batch in batches:
         out = eval_fn(rvariables, parallel.shard({k: v for k, v in batch.items() if k != "mask"}), rng, level)
         outputs.append(out if isinstance(out, dict) else {"logits": out})  # fetched after the loop
-        labels.append(_flat(batch["label"]))
-        indices.append(_flat(batch["index"]))
+        labels.append(parallel.flat_rows(batch["label"]))
+        indices.append(parallel.flat_rows(batch["index"]))
         masks.append(batch["mask"].reshape(-1))
-    local = {k: np.concatenate([_flat(np.asarray(o[k])) for o in outputs]).astype(np.float32) for k in outputs[0]}
+    local = {k: np.concatenate([parallel.flat_rows(parallel.host_local(o[k])) for o in outputs]).astype(np.float32) for k in outputs[0]}
     local.update({"label": np.concatenate(labels).astype(np.int32), "index": np.concatenate(indices).astype(np.int32),
                   "mask": np.concatenate(masks)})
     every = parallel.gather_from_processes(local)
