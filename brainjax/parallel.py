@@ -139,6 +139,12 @@ def unreplicate(tree: Any) -> Any:
     return jax.tree.map(first, tree)
 
 
+def replica_shapes(tree: Any) -> Any:
+    """Shapes and dtypes of one replica of replicated state (for jax.eval_shape)."""
+    drop = 1 if _mode == "pmap" else 0
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[drop:], x.dtype), tree)
+
+
 def first_device(tree: Any) -> Any:
     """Host numpy copy of the first device's part of a step's outputs (outputs reduced
     over the axis, such as psum'd metrics or moments, are the same on every device)."""
@@ -251,7 +257,7 @@ def _shard_mapped(fn: Callable, num_broadcast: int, donate_state: bool) -> Calla
 
     def call(state, batch, *broadcast):
         if jax.process_count() > 1:  # host-local broadcast values as global replicated arrays
-            broadcast = tuple(_global_replicated(b) for b in broadcast)
+            broadcast = jax.tree.map(_global_replicated, broadcast)
         return jitted(state, batch, *broadcast)
 
     return call

@@ -44,8 +44,8 @@ def quality_run(tmp_path_factory, data_dir):
 
 
 def test_trained_quality_estimate_falls_with_severity(quality_run):
-    """On a trained model the mean scan-quality estimate of the same test images falls
-    as the noise severity rises (an untrained head has no reason to)."""
+    """On a trained model the mean scan-quality estimate of the same test images is lower
+    under heavy noise than clean (an untrained head has no reason to be)."""
     from brainjax import inference
 
     workdir, c = quality_run
@@ -61,11 +61,15 @@ def test_trained_quality_estimate_falls_with_severity(quality_run):
 
     means = [float(mean_quality(0.0))] + [float(mean_quality(degrade.level_for("gaussian_noise", s))) for s in range(1, 6)]
     print("mean quality, clean then severities 1-5:", np.round(means, 3))
-    # strictly falling over severities 1-5; severity 1 (noise std 0.08) is within the
-    # training range's low end and reads as clean (measured 0.8425 vs 0.8424)
-    assert all(a > b for a, b in zip(means[1:], means[2:])), means
-    assert means[0] > means[2], means
-    assert means[0] - means[-1] > 0.02  # measured 0.04 over the 48 slices
+    # What holds over the spread of training trajectories (issue 25): this fixture's
+    # config trained with 5 data orders (seeds 0-2 and input_shards 1, 4, 8; 2026-12-02,
+    # /tmp/q/quality_spread.py in BUILD_NOTES): the mean over severities 3-5 is below
+    # clean by 0.018-0.27 and below severity 1 in all 5. A strict fall over every
+    # severity held in only 2 of 5 (a 4-epoch head can tick up again at severity 5), so
+    # it is not asserted.
+    heavy = float(np.mean(means[3:]))
+    assert means[0] - heavy > 0.01, means
+    assert means[1] > heavy, means
 
 
 def test_exported_onnx_equals_predict_on_a_trained_calibrated_model(quality_run, scan_files, capsys):

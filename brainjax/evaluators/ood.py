@@ -340,7 +340,7 @@ def evaluate_ood(config: Any, fns: OodFns, rvariables: Any, pipeline: Any, rng: 
     from brainjax.evaluators.predict import predict_outputs
 
     method, keep = config.eval.get("ood_method", "mahalanobis_l2"), float(config.eval.get("ood_keep", 0.95))
-    variables_shape = jax.tree.map(lambda x: x[0], rvariables)
+    variables_shape = parallel.replica_shapes(rvariables)
     stats = fit_gaussian(fns.moments, rvariables, lambda: pipeline.eval_batches(config.train_split),
                          fns.num_classes, fns.dim_of(variables_shape), float(config.eval.get("ood_shrinkage", 0.1)))
     split_outputs = {name: predict_outputs(fns.split_step, rvariables, pipeline.eval_batches(split), rng)
