@@ -232,6 +232,12 @@ def load_ood(workdir: str, calibration: Mapping | None) -> dict | None:
     return entry
 
 
+def is_out_of_distribution(ood_score: np.ndarray, ood: dict) -> np.ndarray:
+    """The OOD rule's test, the one place it is written: the score above the threshold
+    fitted on validation (calibration.json's "ood" entry, also in the export sidecar)."""
+    return np.asarray(ood_score) > ood["threshold"]
+
+
 def abstain_decisions(probabilities: np.ndarray, quality: np.ndarray | None, calibration: dict,
                       ood_score: np.ndarray | None = None) -> np.ndarray:
     """True where the abstention rule fitted at evaluation (calibration.json: rule and
@@ -245,7 +251,7 @@ def abstain_decisions(probabilities: np.ndarray, quality: np.ndarray | None, cal
     if rule in ("ood", "ood_max_prob"):
         if ood_score is None:
             raise UserError(f"calibration.json's abstention rule is {rule!r} but no OOD score was computed")
-        out_of_distribution = ood_score > calibration["ood"]["threshold"]
+        out_of_distribution = is_out_of_distribution(ood_score, calibration["ood"])
         if rule == "ood":
             return out_of_distribution
         return out_of_distribution | (probabilities.max(-1) < calibration["thresholds"]["max_prob"])

@@ -104,7 +104,7 @@ def abstain_text(pred: dict, i: int) -> str:
     if pred["abstain"] is None or not pred["abstain"][i]:
         return ""
     ood = pred["ood"]
-    if ood is not None and pred["ood_score"][i] > ood["threshold"]:
+    if ood is not None and inference.is_out_of_distribution(pred["ood_score"][i], ood):
         return (f"  ABSTAIN out of distribution: {ood['method']} score {pred['ood_score'][i]:.4g} > threshold "
                 f"{ood['threshold']:.4g} (unlike the training scans; do not rely on this prediction)")
     return "  ABSTAIN low quality: do not rely on this prediction"

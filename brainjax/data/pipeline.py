@@ -219,7 +219,7 @@ class InputPipeline:
         (skip/take) read memory instead of each decoding the files again."""
         ds = self._cached(split)
         if split not in self._filled:
-            for _ in ds.prefetch(tf.data.AUTOTUNE):
+            for _ in ds:
                 pass
             self._filled.add(split)
         return ds

@@ -161,11 +161,16 @@ def scores(logits: np.ndarray, pooled: np.ndarray, stats: Mapping, temperature: 
     return out
 
 
+def check_keep(keep: float) -> None:
+    """eval.ood_keep is a fraction of validation to keep: (0, 1]."""
+    if not 0.0 < keep <= 1.0:
+        raise UserError(f"eval.ood_keep must be in (0, 1], got {keep}")
+
+
 def fit_threshold(in_distribution: np.ndarray, keep: float) -> float:
     """The smallest threshold that keeps (score <= threshold) at least a fraction `keep` of
     the in-distribution (validation) scores: the ceil(keep * n)-th smallest."""
-    if not 0.0 < keep <= 1.0:
-        raise UserError(f"eval.ood_keep must be in (0, 1], got {keep}")
+    check_keep(keep)
     ranked = np.sort(in_distribution.astype(np.float64))
     return float(ranked[max(int(np.ceil(keep * len(ranked) - 1e-9)), 1) - 1])
 
@@ -211,9 +216,7 @@ def check_config(config: Any) -> None:
     method = config.eval.get("ood_method", "mahalanobis_l2")
     if method and method not in METHODS:
         raise UserError(f"eval.ood_method must be one of {METHODS} (or '' for none), got {method!r}")
-    keep = float(config.eval.get("ood_keep", 0.95))
-    if not 0.0 < keep <= 1.0:
-        raise UserError(f"eval.ood_keep must be in (0, 1], got {keep}")
+    check_keep(float(config.eval.get("ood_keep", 0.95)))
     if not 0.0 <= float(config.eval.get("ood_shrinkage", 0.1)) <= 1.0:
         raise UserError("eval.ood_shrinkage must be in [0, 1]")
     ood_folders(config)
