@@ -218,6 +218,7 @@ def _fit(config, ckpt, *, state, step_fn, source, validate, rng, writers, tag, w
 
     every_steps = int(config.get("checkpoint_every_steps", 0) or 0)
     every_seconds = float(config.get("checkpoint_every_seconds", 0) or 0)
+    save_from = parallel.checkpoint_source(config.get("checkpoint_from", "auto"))
     log_every = max(int(config.log_every_steps), 1)
     steps_per_epoch = source.steps_per_epoch
     rstate = parallel.replicate(state.replace(lr_scale=np.float32(progress["lr_scale"])))
@@ -239,7 +240,7 @@ def _fit(config, ckpt, *, state, step_fn, source, validate, rng, writers, tag, w
     def save(step: int) -> None:
         nonlocal last_save_time, last_save_step
         # a deep copy: orbax serialises in the background while the loop goes on
-        ckpt.save(step, parallel.checkpoint_copy(rstate), best, copy.deepcopy(progress))
+        ckpt.save(step, parallel.checkpoint_state(rstate, save_from), best, copy.deepcopy(progress))
         last_save_time, last_save_step = time.monotonic(), step
 
     def stop_for_preemption(step: int) -> None:
@@ -293,7 +294,7 @@ def _fit(config, ckpt, *, state, step_fn, source, validate, rng, writers, tag, w
                             totals={"loss_sum": 0.0, "correct": 0.0, "count": 0.0})
             rstate = rstate.replace(lr_scale=parallel.replicate(np.float32(progress["lr_scale"])))
             if progress["improved"]:
-                best = model_of(parallel.checkpoint_copy(rstate))
+                best = model_of(parallel.checkpoint_state(rstate, save_from))
             epoch_times.append(time.perf_counter() - t0)
             remaining = 0 if progress["stop"] else config.num_epochs - progress["epoch"]
             eta = float(np.mean(epoch_times)) * remaining

@@ -188,6 +188,29 @@ def _copy(tree: Any) -> Any:
     return jax.tree.map(jnp.copy, tree)
 
 
+CHECKPOINT_FROM = ("auto", "device", "host")
+
+
+def checkpoint_source(choice: str = "auto") -> str:
+    """'device' or 'host' for config.checkpoint_from: 'auto' is 'host' on the CPU backend
+    (orbax's per-array work on device arrays costs more than the copy there: measured
+    ~290 ms vs ~45 ms to hand over a 121-leaf state) and 'device' on accelerators, where
+    orbax overlaps the transfers of every array."""
+    if choice not in CHECKPOINT_FROM:
+        from brainjax.errors import UserError
+
+        raise UserError(f"config.checkpoint_from={choice!r}: must be one of {', '.join(CHECKPOINT_FROM)}")
+    if choice == "auto":
+        return "host" if jax.default_backend() == "cpu" else "device"
+    return choice
+
+
+def checkpoint_state(tree: Any, source: str) -> Any:
+    """What a save hands orbax for replicated state: `checkpoint_copy` (device arrays)
+    for source 'device', `unreplicate` (host numpy) for 'host'."""
+    return checkpoint_copy(tree) if source == "device" else unreplicate(tree)
+
+
 def checkpoint_copy(tree: Any) -> Any:
     """A device-side copy of replicated state as global arrays replicated over every
     device of every process, which orbax saves directly (its own device-to-host transfer,

@@ -112,6 +112,11 @@ def get_config() -> ml_collections.ConfigDict:
     # step. 0 disables a trigger. 10 min suits a long GPU run; CPU demo epochs are short.
     c.checkpoint_every_steps = 0
     c.checkpoint_every_seconds = 600.0
+    # What a save hands orbax: "device" (a device-side copy; orbax does the host
+    # transfer), "host" (a host copy made here first) or "auto": device on GPU/TPU, host
+    # on the CPU backend, where orbax's per-array handling of device arrays made saves
+    # 6x slower to hand over (BUILD_NOTES, session 9).
+    c.checkpoint_from = "auto"
 
     # Feature cache (frozen base + fixed inputs only): the base's pooled features are
     # computed once and the head trains on them; fixed_degraded_copy adds one fixed

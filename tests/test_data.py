@@ -87,3 +87,40 @@ def test_load_image_file_errors_name_the_file(tmp_path):
     Image.fromarray(np.full((50, 70, 3), 200, np.uint8)).save(rgb)
     img = load_image_file(str(rgb), 32)
     assert img.shape == (32, 32, 1) and img.dtype == np.uint8 and abs(int(img.mean()) - 200) <= 1
+
+
+def test_each_process_decodes_only_its_range_and_the_global_batches_do_not_depend_on_it(smoke_config):
+    """P = 1, 2, 4 simulated processes (each pipeline built for its process index, as in
+    a real run): every process decodes only its contiguous range of the split (counted in
+    the decode op), and the concatenation of the processes' slices of each global batch
+    is the same batch, same examples in the same order, for every P; one epoch covers
+    disjoint examples."""
+    smoke_config.batch_size = 32
+    epochs = {}
+    for count in (1, 2, 4):
+        per_process = []
+        for proc in range(count):
+            p = _pipeline(smoke_config, 8 // count, proc, count)
+            lo, hi = p.process_range("train")
+            per_process.append([b["index"].reshape(-1) for b in p.train_epoch("train", 3, seed=1)])
+            assert p.examples_decoded() == hi - lo == 800 // count
+            assert all(((i >= lo) & (i < hi)).all() for i in per_process[-1])  # only its own examples
+            again = [b["index"].reshape(-1) for b in p.train_epoch("train", 3, seed=1)]
+            assert p.examples_decoded() == hi - lo  # the second pass reads the cache
+            assert all((a == b).all() for a, b in zip(again, per_process[-1]))
+        epochs[count] = [np.concatenate(parts) for parts in zip(*per_process)]
+    assert len(epochs[1]) == 800 // 32
+    for count in (2, 4):
+        assert all((a == b).all() for a, b in zip(epochs[1], epochs[count])), count
+    seen = np.concatenate(epochs[1])
+    assert len(set(seen.tolist())) == len(seen)
+
+
+def test_input_shards_that_do_not_fit_the_processes_or_the_batch_are_one_clear_error(smoke_config):
+    from brainjax.errors import UserError
+
+    smoke_config.input_shards = 6
+    with pytest.raises(UserError, match=r"config.input_shards=6 must be a positive multiple of the process count \(4\)"):
+        _pipeline(smoke_config, 2, 0, 4)
+    with pytest.raises(UserError, match=r"config.batch_size=32 must be divisible by config.input_shards=6"):
+        _pipeline(smoke_config, 2, 0, 2)

@@ -112,13 +112,14 @@ def test_a_bad_parallel_mode_is_one_clear_error():
 
 
 def test_jit_mode_run_equals_pmap_run(one_epoch_run, tmp_path):
-    """The shared 1-epoch smoke run (pmap, 8 devices) trained again with
-    config.parallel='jit': the same epoch losses and the same report, exactly."""
+    """The shared 1-epoch smoke run (pmap, 8 devices, saves from host copies: the CPU
+    default) trained again with config.parallel='jit' and saves from device arrays: the
+    same epoch losses, the same report and the same saved model, exactly."""
     from brainjax import train
 
     workdir, config = one_epoch_run
     config = config.copy_and_resolve_references()
-    config.parallel = "jit"
+    config.parallel, config.checkpoint_from = "jit", "device"
     jit_dir = str(tmp_path / "jit")
     train.train_and_evaluate(config, jit_dir)
     assert parallel.mode() == "pmap"  # the run's mode does not leak out of it
@@ -134,3 +135,15 @@ def test_jit_mode_run_equals_pmap_run(one_epoch_run, tmp_path):
     a, b = (json.load(open(os.path.join(d, "report.json"))) for d in (workdir, jit_dir))
     assert a["clean"]["confusion_matrix"] == b["clean"]["confusion_matrix"]
     assert a["degraded"] == b["degraded"]
+    from conftest import restore_run
+
+    for x, y in zip(jax.tree.leaves(restore_run(workdir, config)[:2]), jax.tree.leaves(restore_run(jit_dir, config)[:2])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_bad_checkpoint_source_is_one_clear_error():
+    from brainjax.errors import UserError
+
+    with pytest.raises(UserError, match=r"config.checkpoint_from='disk'.*auto, device, host"):
+        parallel.checkpoint_source("disk")
+    assert parallel.checkpoint_source("auto") == ("host" if jax.default_backend() == "cpu" else "device")
