@@ -12,9 +12,10 @@ from flaky storage, a MemoryError, a reworded message) stops the run with the fi
 place, and every process restores the same step.
 Keeping the best model inside every step directory makes "latest" and "best" one fact:
 no crash point can leave them naming different epochs (two managers saved one after the
-other could). Saves are asynchronous: the caller hands over device arrays (a device-side
-copy of the replicated state, one global array per leaf) and orbax copies them to the
-host and writes in the background. Restores place the arrays with an explicit target
+other could). Saves are asynchronous: the caller hands over either device arrays (a
+device-side copy of the replicated state, one global array per leaf; orbax copies them
+to the host) or host arrays (`parallel.checkpoint_state`, chosen by
+`config.checkpoint_from`), and orbax writes in the background. Restores place the arrays with an explicit target
 sharding (replicated over every device to resume training; one device for inference),
 so a checkpoint saved on another topology restores safely. Inference restores `best` alone,
 so it works whatever optimizer or trainable set the run was trained with.

@@ -3,7 +3,7 @@
 Step functions in `brainjax.steps` (and the evaluators) are plain functions of
 (state, batch, *broadcast) with an `axis_name` for their collectives (gradient and
 BatchNorm pmean, metric psum); this module binds the axis and compiles them in one of
-two modes (`config.parallel`, set once per run with `set_mode`):
+two modes (`config.parallel`, set for the duration of a run with `using`):
 
   pmap  `jax.pmap` over the local devices: state replicated with a leading local-device
         axis; batches [local_devices, per_device, ...]. Across processes
@@ -19,7 +19,8 @@ two modes (`config.parallel`, set once per run with `set_mode`):
 Callers never see the difference: the pipeline hands every mode the same host batches
 [local_devices, per_device, ...]; `shard` lays them out, `replicate` / `unreplicate`
 move state, `host_local` / `first_device` read a step's per-device outputs, and
-`checkpoint_copy` gives orbax device arrays to save (no blocking host copy).
+`checkpoint_state` gives orbax what a save hands over (`config.checkpoint_from`: a
+device-side copy, `checkpoint_copy`, or a host copy, `unreplicate`).
 Host-side agreement between processes (barriers, gathering evaluation outputs) goes
 through `multihost_utils` here too.
 """
@@ -177,8 +178,7 @@ def shard(batch: Any) -> Any:
     as is over the local devices; jit, as this process's rows of a global batch."""
     if _mode == "jit":
         sharding = batch_sharding()
-        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
-            sharding, np.asarray(x).reshape(-1, *x.shape[2:])), batch)
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, flat_rows(x)), batch)
     sharding = _local_sharding()
     return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
 
@@ -217,7 +217,7 @@ def checkpoint_copy(tree: Any) -> Any:
     no host copy here) and which later steps cannot donate away."""
     if _mode == "jit":
         return _copy(tree)
-    sharding = NamedSharding(global_mesh(), PartitionSpec(AXIS))
+    sharding = batch_sharding()
 
     def as_global(x):  # the local replicas [local_devices, ...] as rows of one global array
         shards = [s.data for s in x.addressable_shards]

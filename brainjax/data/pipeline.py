@@ -180,14 +180,16 @@ class InputPipeline:
             return None
         return instructions[0].splitname, int(instructions[0].from_ or 0)
 
-    def _read_instruction(self, split: str, lo: int, hi: int) -> str:
-        """The tfds split string reading exactly examples [lo, hi) of `split` (at least one
-        example is read: tfds rejects empty ranges; the caller takes hi - lo)."""
+    def _read_instruction(self, split: str, lo: int, hi: int) -> tuple[str, int]:
+        """(tfds split string, examples to skip) that read examples [lo, hi) of `split`
+        and nothing before them; the caller takes hi - lo. A one-range spec reads exactly
+        that range (at least one example: tfds rejects empty ranges); a combined one
+        (`train+test`) is read whole and skipped up to lo."""
         absolute = self._absolute(split)
         if absolute is None:
-            return split
+            return split, lo
         base, start = absolute
-        return f"{base}[{start + lo}:{start + max(hi, lo + 1)}]"
+        return f"{base}[{start + lo}:{start + max(hi, lo + 1)}]", 0
 
     def examples_decoded(self) -> int:
         """Examples this process has decoded so far (all splits): a count kept by the
@@ -199,11 +201,9 @@ class InputPipeline:
         each example's global index."""
         if split not in self._cache:
             lo, hi = self.process_range(split)
-            ds = self.builder.as_dataset(split=self._read_instruction(split, lo, hi), shuffle_files=False,
-                                         read_config=tfds.ReadConfig(add_tfds_id=False))
-            if self._absolute(split) is None:  # a combined split: read whole, keep this process's range
-                ds = ds.skip(lo)
-            ds = ds.take(hi - lo).enumerate()  # position within this process's range
+            read, skip = self._read_instruction(split, lo, hi)
+            ds = self.builder.as_dataset(split=read, shuffle_files=False, read_config=tfds.ReadConfig(add_tfds_id=False))
+            ds = ds.skip(skip).take(hi - lo).enumerate()  # position within this process's range
             size, counter = self.size, self.decoded
 
             def decode(i, ex):
