@@ -142,17 +142,67 @@ def _loop_images_per_sec(config, workdir: str) -> float:
     return float(np.mean([e["images_per_sec"] for e in epochs[1:]]))
 
 
+CKPT_VARIANTS = ("host", "host_sync")
+
+
+def checkpoint_overhead(d: Any, tmp: str, modes: tuple[str, ...], variants: tuple[str, ...],
+                        repeats: int) -> dict:
+    """Per parallel mode and save variant: the loop's training images/s with saves every
+    10 steps vs none inside the timed part, `repeats` adjacent pairs (this machine's speed
+    drifts by more than the effect: the pairs are interleaved and their median reported),
+    and the median time one save blocks the training thread. Variants: config
+    checkpoint_from ('host' | 'device'), with '_sync' for the handover on the training
+    thread (what several processes do, and one process before the background handover)."""
+    from brainjax import checkpoint
+
+    out: dict = {}
+    real_save, real_default = checkpoint.Checkpoints.save, checkpoint.background_default
+    blocked: list[float] = []
+
+    def timed_save(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return real_save(self, *args, **kwargs)
+        finally:
+            blocked.append(time.perf_counter() - t0)
+
+    checkpoint.Checkpoints.save = timed_save
+    try:
+        for rep in range(repeats):
+            for mode in modes:
+                for variant in variants:
+                    source, sync = variant.removesuffix("_sync"), variant.endswith("_sync")
+                    checkpoint.background_default = (lambda: False) if sync else real_default
+                    name = f"{mode}_{variant}"
+                    d.parallel, d.checkpoint_from = mode, source
+                    rates = []
+                    for every in (0, 10):
+                        d.checkpoint_every_steps = every
+                        del blocked[:]
+                        rates.append(_loop_images_per_sec(d, os.path.join(tmp, f"ckpt_{name}_{every}_{rep}")))
+                        if every:
+                            out.setdefault(f"{name}_save_blocking_ms", []).append(1000 * float(np.median(blocked)))
+                    out.setdefault(f"{name}_default_loop_img_s", []).append(rates[0])
+                    out.setdefault(f"{name}_ckpt_every_10_loop_img_s", []).append(rates[1])
+                    out.setdefault(f"{name}_overhead_runs", []).append(100 * (1 - rates[1] / rates[0]))
+    finally:
+        checkpoint.Checkpoints.save, checkpoint.background_default = real_save, real_default
+    for key in [k for k in out if k.endswith("_overhead_runs")]:
+        name = key.removesuffix("_overhead_runs")
+        out[f"{name}_checkpoint_overhead_percent_every_10_steps"] = float(np.median(out[key]))
+    return out
+
+
 def loop_rates(size: int, batch: int, data_dir: str | None, repeats: int = 3,
-               modes: tuple[str, ...] = ("pmap", "jit")) -> dict | None:
+               modes: tuple[str, ...] = ("pmap", "jit"), ckpt_variants: tuple[str, ...] = CKPT_VARIANTS,
+               ckpt_repeats: int = 3) -> dict | None:
     """Per parallel mode (config.parallel), side by side in this process:
     loop_efficiency: the whole loop's training images/s on frozen VGG16 (seed chain
     degradation on device, as in the bare step) / the bare step's, the bare step measured
     right before and right after the loops (their mean: this machine's speed drifts); and
     checkpoint_overhead_percent: the default config's loop with saves every 10 steps vs
     the default interval (600 s: only the epoch-end saves, outside the timing). The
-    checkpoint overhead is measured for both config.checkpoint_from sources: 'host' (a
-    blocking host copy handed to orbax, the only path before issue 23) and 'device'
-    (device arrays; orbax makes the host copy).
+    checkpoint overhead is measured per `ckpt_variants` (see `checkpoint_overhead`).
     None where TensorFlow (the input pipeline) is missing."""
     import tempfile
 
@@ -178,17 +228,10 @@ def loop_rates(size: int, batch: int, data_dir: str | None, repeats: int = 3,
         d = _config("tiny", 64, 64)
         d.dataset, d.data_dir, d.num_epochs, d.eval.corruptions = c.dataset, c.data_dir, 6, ()
         d.early_stopping.enabled = False
-        for mode in modes:
-            for source in ("host", "device"):
-                name = f"{mode}_{source}"
-                d.parallel, d.checkpoint_from = mode, source
-                d.checkpoint_every_steps = 0
-                default = _loop_images_per_sec(d, os.path.join(tmp, f"default_{name}"))
-                d.checkpoint_every_steps = 10
-                every10 = _loop_images_per_sec(d, os.path.join(tmp, f"every10_{name}"))
-                out[f"{name}_default_loop_img_s"], out[f"{name}_ckpt_every_10_loop_img_s"] = default, every10
-                out[f"{name}_checkpoint_overhead_percent_every_10_steps"] = 100 * (1 - every10 / default)
+        out.update(checkpoint_overhead(d, tmp, modes, ckpt_variants, ckpt_repeats))
     lead = f"{modes[0]}_{parallel.checkpoint_source()}"  # the keys of the single-mode benchmark: the default path
+    if f"{lead}_checkpoint_overhead_percent_every_10_steps" not in out:
+        lead = f"{modes[0]}_{ckpt_variants[0]}"
     out.update(loop_img_s=out[f"{modes[0]}_loop_img_s"], loop_efficiency=out[f"{modes[0]}_loop_efficiency"],
                checkpoint_overhead_percent_every_10_steps=out[f"{lead}_checkpoint_overhead_percent_every_10_steps"])
     return out
@@ -381,6 +424,10 @@ def main(argv=None) -> dict:
                     help="only the export latency table: JAX jit vs onnxruntime vs TFLite, batch 1 and 32")
     ap.add_argument("--loop_only", action="store_true",
                     help="only loop_efficiency and the checkpoint overhead (VGG16 at 112 px)")
+    ap.add_argument("--ckpt_variants", default=",".join(CKPT_VARIANTS),
+                    help="--loop_only: save variants to time: host, device, each with _sync for the handover on "
+                         "the training thread")
+    ap.add_argument("--ckpt_repeats", type=int, default=3, help="--loop_only: interleaved pairs per variant")
     ap.add_argument("--dtype", default="float32", help="compute dtype (params stay float32): float32 | bfloat16")
     ap.add_argument("--gpu", action="store_true",
                     help="accelerator table: bfloat16, batch 256, VGG16/ResNet50V2 at 224, MFU vs a bf16 matmul "
@@ -397,7 +444,8 @@ def main(argv=None) -> dict:
             json.dump(result, f, indent=2)
         return result
     if args.loop_only:
-        loop = loop_rates(112, args.batch, args.data_dir, repeats) or {}
+        loop = loop_rates(112, args.batch, args.data_dir, repeats, ckpt_variants=tuple(args.ckpt_variants.split(",")),
+                          ckpt_repeats=args.ckpt_repeats) or {}
         loop.update(device=str(jax.devices()[0]), date=time.strftime("%Y-%m-%d"))
         with open(args.out, "w") as f:
             json.dump(loop, f, indent=2)

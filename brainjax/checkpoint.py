@@ -23,6 +23,7 @@ so it works whatever optimizer or trainable set the run was trained with.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import os
@@ -95,19 +96,77 @@ class CheckpointError(UserError):
     """A checkpoint could not be restored and nothing was changed on disk."""
 
 
-class Checkpoints:
-    """Step-level checkpoints of one run (every process takes part in every call)."""
+class SaveError(UserError):
+    """A background checkpoint save failed; the steps saved before it are on disk."""
 
-    def __init__(self, workdir: str, keep: int = 2):
+
+def background_default() -> bool:
+    """Whether saves hand over on a worker thread by default: with one process only.
+    Orbax's save runs a cross-process barrier that, by default, is a device collective;
+    issued from a second thread it could interleave with the training step's
+    collectives in a different order on each process, so several processes keep the
+    handover on the training thread."""
+    return jax.process_count() == 1
+
+
+class Checkpoints:
+    """Step-level checkpoints of one run (every process takes part in every call).
+
+    With `background` (default: one process, see `background_default`), `save` returns
+    as soon as a worker thread owns the arrays: the worker makes the host copy (when
+    asked) and calls orbax, whose own thread writes the files. One save is in flight at a
+    time: the next `save`, `wait`, `latest_step` or `close` first waits for it and raises
+    its error, if any. A storage error (OSError), on either thread, becomes a `SaveError`
+    naming the step (the steps before it stay on disk); anything else (a lost peer
+    process) is raised as it came, for `run.fail` to name.
+    """
+
+    def __init__(self, workdir: str, keep: int = 2, background: bool | None = None):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True))
+        self.background = background_default() if background is None else bool(background)
+        self._worker = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="brainjax-checkpoint")
+                        if self.background else None)
+        self._in_flight: tuple[int, concurrent.futures.Future] | None = None
 
-    def save(self, step: int, state: Any, best: Any, loop: dict) -> None:
+    def save(self, step: int, state: Any, best: Any, loop: dict, host_copy: bool = False) -> None:
         """Starts an asynchronous save of pytrees `state` and `best` (model variables;
         device arrays replicated over every device, see `parallel.checkpoint_copy`, or
-        host arrays) and JSON `loop` at `step`; returns once orbax owns the data."""
+        host arrays) and JSON `loop` at `step`. `host_copy`: copy device arrays to host
+        numpy before orbax sees them (config.checkpoint_from='host'), on the worker
+        thread when saving in the background. Returns once the data is handed over (in
+        the background: to the worker, so arrays must not be donated or changed after)."""
+        self.finish_handover()
+        if self._worker is None:
+            try:
+                self._save_now(step, state, best, loop, host_copy)
+            except OSError as err:
+                raise self._save_error(step, err) from err
+        else:
+            self._in_flight = (step, self._worker.submit(self._save_now, step, state, best, loop, host_copy))
+
+    def finish_handover(self) -> None:
+        """Waits for the save in flight on the worker thread; raises its error."""
+        if self._in_flight is None:
+            return
+        step, future = self._in_flight
+        self._in_flight = None
+        err = future.exception()
+        if isinstance(err, OSError):
+            raise self._save_error(step, err) from err
+        if err is not None:  # not storage (e.g. a lost peer): as it came, for run.fail to name
+            raise err
+
+    def _save_error(self, step: int, err: BaseException) -> "SaveError":
+        return SaveError(f"saving checkpoint step {step} in {self.directory} failed: {_first_line(err)}. "
+                         f"The steps saved before it are kept ({self.manager.all_steps()}); fix the cause "
+                         "(storage, space, permissions) and rerun the same command to resume.")
+
+    def _save_now(self, step: int, state: Any, best: Any, loop: dict, host_copy: bool) -> None:
+        if host_copy:
+            state, best = jax.device_get(state), jax.device_get(best)
         saved = self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best), loop=ocp.args.JsonSave(loop)),
             force=True)
@@ -207,13 +266,29 @@ class Checkpoints:
 
     @property
     def latest_step(self) -> int | None:
+        self.finish_handover()
         return self.manager.latest_step()
 
     def all_steps(self) -> list[int]:
+        self.finish_handover()
         return list(self.manager.all_steps())
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Until every save so far is on disk; raises a failed background save's error."""
+        try:
+            self.finish_handover()
+        finally:
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.close()
+        """Waits for the save in flight (its error is logged, not raised: `close` runs in
+        `finally` blocks, where an exception would hide the one being handled; call
+        `wait` first to see it) and closes orbax."""
+        try:
+            self.finish_handover()
+        except SaveError as err:
+            log.error("%s", err)
+        finally:
+            if self._worker is not None:
+                self._worker.shutdown(wait=True)
+            self.manager.close()

@@ -192,10 +192,9 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, state: Any, step_fn:
     ckpt = checkpoint.Checkpoints(workdir)
     try:
         return _fit(config, ckpt, state=state, step_fn=step_fn, source=source, validate=validate, rng=rng,
-                    writers=writers, tag=tag, workdir=workdir)
+                    writers=writers, tag=tag, workdir=workdir)  # ends with ckpt.wait(): save errors raise
     finally:
-        ckpt.wait()
-        ckpt.close()
+        ckpt.close()  # waits for every save; logs (not raises) a failed one, not to hide the error in flight
 
 
 def model_of(state: Any) -> dict:
@@ -239,8 +238,14 @@ def _fit(config, ckpt, *, state, step_fn, source, validate, rng, writers, tag, w
 
     def save(step: int) -> None:
         nonlocal last_save_time, last_save_step
-        # a deep copy: orbax serialises in the background while the loop goes on
-        ckpt.save(step, parallel.checkpoint_state(rstate, save_from), best, copy.deepcopy(progress))
+        # a deep copy: orbax serialises in the background while the loop goes on. With a
+        # background handover the training thread only dispatches the device-side copy
+        # (the next step donates rstate); the worker makes the host copy.
+        if ckpt.background:
+            ckpt.save(step, parallel.checkpoint_copy(rstate), best, copy.deepcopy(progress),
+                      host_copy=save_from == "host")
+        else:
+            ckpt.save(step, parallel.checkpoint_state(rstate, save_from), best, copy.deepcopy(progress))
         last_save_time, last_save_step = time.monotonic(), step
 
     def stop_for_preemption(step: int) -> None:

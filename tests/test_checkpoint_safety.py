@@ -137,3 +137,33 @@ def test_torn_metrics_line_does_not_block_resume(run_copy, caplog):
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
     keys = [(r["kind"], r["step"]) for r in records]
     assert len(keys) == len(set(keys))
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_failed_save_is_one_line_and_keeps_every_earlier_step(run_copy, monkeypatch, capsys, background):
+    """An OSError from orbax's save (full or flaky storage) at step 33, mid epoch 2: with
+    the background handover (one process) it surfaces at the next save; on the training
+    thread (several processes) at once. Either way one error line naming the step, every
+    earlier file in place, and the same command resumes from the newest saved step."""
+    workdir, config = run_copy
+    config.num_epochs = 2
+    before = _files(workdir)
+    real_save, real_init = ocp.CheckpointManager.save, checkpoint.Checkpoints.__init__
+
+    def failing_save(self, step, *args, **kwargs):
+        if step == 3 * EVERY:
+            raise OSError(28, "No space left on device")
+        return real_save(self, step, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(ocp.CheckpointManager, "save", failing_save)
+        m.setattr(checkpoint.Checkpoints, "__init__",
+                  lambda self, *a, **kw: real_init(self, *a, **{**kw, "background": background}))
+        assert run.main(config, workdir, "train") == 1
+    lines, err = _error_lines(capsys)
+    assert len(lines) == 1, err[-3000:]
+    assert f"saving checkpoint step {3 * EVERY}" in lines[0] and "No space left on device" in lines[0], lines[0]
+    assert "rerun the same command to resume" in lines[0]
+    assert _steps(workdir) == ["11", "22"] and _files(workdir) == before
+    assert run.main(config, workdir, "train") == 0
+    assert "44" in _steps(workdir)
