@@ -147,6 +147,7 @@ def test_failed_save_is_one_line_and_keeps_every_earlier_step(run_copy, monkeypa
     earlier file in place, and the same command resumes from the newest saved step."""
     workdir, config = run_copy
     config.num_epochs = 2
+    config.eval.corruptions = ()  # evaluation is not under test here: the clean pass only
     before = _files(workdir)
     real_save, real_init = ocp.CheckpointManager.save, checkpoint.Checkpoints.__init__
 
@@ -165,5 +166,6 @@ def test_failed_save_is_one_line_and_keeps_every_earlier_step(run_copy, monkeypa
     assert f"saving checkpoint step {3 * EVERY}" in lines[0] and "No space left on device" in lines[0], lines[0]
     assert "rerun the same command to resume" in lines[0]
     assert _steps(workdir) == ["11", "22"] and _files(workdir) == before
-    assert run.main(config, workdir, "train") == 0
-    assert "44" in _steps(workdir)
+    if background:  # resuming after the error is the same path for both handovers: once
+        assert run.main(config, workdir, "train") == 0
+        assert "44" in _steps(workdir)
