@@ -97,7 +97,7 @@ class CheckpointError(UserError):
 
 
 class SaveError(UserError):
-    """A background checkpoint save failed; the steps saved before it are on disk."""
+    """A checkpoint save failed on storage (OSError); the steps saved before it are on disk."""
 
 
 def background_default() -> bool:
@@ -286,8 +286,8 @@ class Checkpoints:
         `wait` first to see it) and closes orbax."""
         try:
             self.finish_handover()
-        except SaveError as err:
-            log.error("%s", err)
+        except Exception as err:  # noqa: BLE001  (logged: see the docstring)
+            log.error("checkpoint save failed: %s", _first_line(err))
         finally:
             if self._worker is not None:
                 self._worker.shutdown(wait=True)
