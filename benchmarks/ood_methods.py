@@ -69,10 +69,11 @@ def split_images(pipeline, split):
 
 
 def gaussian(x, y, k, shrink=0.1):
-    mus = np.stack([x[y == c].mean(0) if (y == c).any() else np.zeros(x.shape[1]) for c in range(k)])
-    cov = sum((x[y == c] - mus[c]).T @ (x[y == c] - mus[c]) for c in range(k)) / len(x)
-    d = cov.shape[0]
-    prec = np.linalg.inv((1 - shrink) * cov + shrink * np.trace(cov) / d * np.eye(d))
+    """The engine's class-conditional Gaussian (shared, shrunk covariance) on features `x`."""
+    counts = np.array([(y == c).sum() for c in range(k)], np.float64)
+    mus = np.stack([x[y == c].mean(0) if counts[c] else np.zeros(x.shape[1]) for c in range(k)])
+    scatter = sum((x[y == c] - mus[c]).T @ (x[y == c] - mus[c]) for c in range(k))
+    prec = ood.gaussian_from_moments(mus, scatter, counts, shrink)["precision"]
     return lambda z: np.min(np.einsum("nkd,de,nke->nk", z[:, None] - mus[None], prec, z[:, None] - mus[None]), 1)
 
 
