@@ -35,19 +35,44 @@ def pytest_unconfigure(config):
         shutil.rmtree(_OWN_COMPILATION_CACHE, ignore_errors=True)
 
 
+def built_once(tmp_path_factory, worker_id: str, name: str, build) -> str:
+    """A directory `build(path)` fills once per test session, whichever pytest-xdist worker
+    asks first; the others wait on a file lock and use it (session fixtures are otherwise
+    per worker, so each worker would train the same run again). A build that raised is
+    set aside (renamed, not removed) and the next asker builds again."""
+    import filelock
+
+    if worker_id == "master":  # no xdist: one process, an ordinary session directory
+        path = str(tmp_path_factory.mktemp(name))
+        build(path)
+        return path
+    root = tmp_path_factory.getbasetemp().parent  # shared by every worker of this session
+    path, done = root / name, root / f"{name}.done"
+    with filelock.FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            if path.exists():
+                path.rename(root / f"{name}.failed-{os.getpid()}-{len(os.listdir(root))}")
+            path.mkdir()
+            build(str(path))
+            done.touch()
+    return str(path)
+
+
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    """tfds data_dir with `brain_phantom/small` built once per session."""
-    import tensorflow as tf
+def data_dir(tmp_path_factory, worker_id):
+    """tfds data_dir with `brain_phantom/small` built once per session (read-only)."""
 
-    tf.config.set_visible_devices([], "GPU")
-    import tensorflow_datasets as tfds
+    def build(path):
+        import tensorflow as tf
 
-    import brainjax.data  # noqa: F401
+        tf.config.set_visible_devices([], "GPU")
+        import tensorflow_datasets as tfds
 
-    path = str(tmp_path_factory.mktemp("tfds"))
-    tfds.builder("brain_phantom/small", data_dir=path).download_and_prepare()
-    return path
+        import brainjax.data  # noqa: F401
+
+        tfds.builder("brain_phantom/small", data_dir=path).download_and_prepare()
+
+    return built_once(tmp_path_factory, worker_id, "tfds", build)
 
 
 @pytest.fixture
@@ -76,13 +101,8 @@ def restore_run(workdir, config):
         ckpt.close()
 
 
-@pytest.fixture(scope="session")
-def one_epoch_run(tmp_path_factory, data_dir):
-    """(workdir, config) of a finished 1-epoch smoke run trained with
-    model.standardize=none (a model field without parameters) and checkpoints at steps
-    11 and 22. Shared by the restore-safety and run-config tests: copy it before
-    changing it."""
-    from brainjax import train
+def one_epoch_config(data_dir):
+    """one_epoch_run's config."""
     from configs import smoke
 
     config = smoke.get_config()
@@ -91,9 +111,22 @@ def one_epoch_run(tmp_path_factory, data_dir):
     config.checkpoint_every_steps = 11
     config.model.standardize = "none"
     config.eval.corruptions, config.eval.severities = ("gaussian_noise",), (3,)
-    workdir = str(tmp_path_factory.mktemp("one_epoch") / "run")
-    train.train_and_evaluate(config, workdir)
-    return workdir, config
+    return config
+
+
+@pytest.fixture(scope="session")
+def one_epoch_run(tmp_path_factory, worker_id, data_dir):
+    """(workdir, config) of a finished 1-epoch smoke run trained with
+    model.standardize=none (a model field without parameters) and checkpoints at steps
+    11 and 22; trained once per session for all workers. Shared by the restore-safety,
+    run-config, parallel-mode, TensorBoard and non-finite-loss tests: read it, or copy it
+    before changing it."""
+    from brainjax import train
+
+    config = one_epoch_config(data_dir)
+    root = built_once(tmp_path_factory, worker_id, "one_epoch",
+                      lambda path: train.train_and_evaluate(config, os.path.join(path, "run")))
+    return os.path.join(root, "run"), config
 
 
 @pytest.fixture(scope="session")

@@ -87,11 +87,13 @@ def _assert_same_report(a, b):
     for key in ("clean",):
         assert a[key]["confusion_matrix"] == b[key]["confusion_matrix"]
         assert abs(a[key]["accuracy"] - b[key]["accuracy"]) <= 1e-6
-    for name, sev in a["degraded"].items():
+    assert set(a.get("degraded", {})) == set(b.get("degraded", {}))
+    for name, sev in a.get("degraded", {}).items():
         for s, m in sev.items():
             assert m["confusion_matrix"] == b["degraded"][name][s]["confusion_matrix"], (name, s)
             assert abs(m["accuracy"] - b["degraded"][name][s]["accuracy"]) <= 1e-6
-    for split, m in a["other_splits"].items():
+    assert set(a.get("other_splits", {})) == set(b.get("other_splits", {}))
+    for split, m in a.get("other_splits", {}).items():
         assert m["clean"]["confusion_matrix"] == b["other_splits"][split]["clean"]["confusion_matrix"]
 
 
@@ -197,7 +199,11 @@ def test_four_processes_of_one_device_match_one_process_with_four(mode, two_proc
     single, _ = one_process_run
     workdir = str(tmp_path / f"four_{mode}")
     t0 = time.time()
-    logs = _wait(_start_procs(4, 1, workdir, data_dir, f"--config.parallel={mode}"))
+    # The graded grid and the extra split are left to the 2 x 2 test (the same evaluation
+    # code across processes): here the training and the clean, adapted report, which is
+    # what the layout can change (4 processes on 2 cores are the suite's slowest run).
+    logs = _wait(_start_procs(4, 1, workdir, data_dir, f"--config.parallel={mode}", "--config.eval.corruptions=()",
+                              "--config.eval.extra_splits=()"))
     print(f"4-process run ({mode}): {time.time() - t0:.1f} s")
     assert "4 processes" in logs[0]
     assert [_decoded(log) for log in logs] == [230] * 4  # a quarter of 920

@@ -3,6 +3,7 @@
 import json
 import re
 import os
+import shutil
 import subprocess
 import sys
 
@@ -51,19 +52,21 @@ def test_interrupted_run_resumes_to_the_same_model(smoke_config, tmp_path):
     assert [l["epoch"] for l in lines if l["kind"] == "epoch"] == [1, 2]
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(smoke_config, tmp_path):
-    smoke_config.eval.corruptions = ()
-    smoke_config.num_epochs = 1
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(one_epoch_run, tmp_path):
+    """The shared 1-epoch run (checkpoints at steps 11 and 22), continued with an exploding
+    learning rate: training stops at the first non-finite loss, and no checkpoint of the
+    diverged state (the run saves every 11 steps) replaces the last good one."""
+    source, config = one_epoch_run
     workdir = str(tmp_path / "run")
-    train.train_and_evaluate(smoke_config, workdir)
-    good, _ = _params(workdir, smoke_config)
-    exploding = smoke_config.copy_and_resolve_references()
+    shutil.copytree(source, workdir)
+    good, _ = _params(workdir, config)
+    exploding = config.copy_and_resolve_references()
     exploding.num_epochs = 3
     exploding.optimizer.learning_rate = 1e30
-    with pytest.raises(FloatingPointError, match="non-finite .*epoch 1"):
+    with pytest.raises(FloatingPointError, match="non-finite .*epoch 2"):
         train.train_and_evaluate(exploding, workdir)
-    kept, loop = _params(workdir, smoke_config)
-    assert loop["epoch"] == 1
+    kept, loop = _params(workdir, config)
+    assert loop["epoch"] == 1 and loop["step_in_epoch"] == 0  # step 22, the end of epoch 1
     assert all(np.array_equal(good[k], kept[k]) for k in good)
 
 
