@@ -62,9 +62,15 @@ def make_optimizer(config: ml_collections.ConfigDict, label_tree: Any, steps_per
 
 
 def initial_variables(config: ml_collections.ConfigDict, model: Any, rng: jax.Array) -> dict:
-    """Randomly initialised variables, with the configured pretrained weights merged in."""
+    """Randomly initialised variables, with the configured pretrained weights merged in.
+
+    The weights file is found (or downloaded) before the initialisation: a missing file is
+    an error within seconds, not after compiling the backbone's init (VGG16: ~8 s here)."""
+    weights_path = locate_pretrained_weights(config)
     variables = models.init_variables(model, rng, (config.image_size, config.image_size, 1))
-    return load_pretrained_weights(config, variables)
+    if weights_path is None:
+        return dict(variables)
+    return keras_weights.load_into(config.model.backbone, weights_path, variables)
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: Any, num_classes: int, rng: jax.Array,
@@ -86,15 +92,21 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any, num_classe
     return jax.device_get(state), tx, label_tree
 
 
-def load_pretrained_weights(config: ml_collections.ConfigDict, variables: Mapping) -> dict:
-    """Merges Keras ImageNet weights into the backbone when config.model.weights asks.
+def locate_pretrained_weights(config: ml_collections.ConfigDict) -> str | None:
+    """Path of the Keras weights file config.model.weights asks for (None: no pretrained
+    weights); a clear UserError when it is missing.
 
     With several processes, process 0 resolves (and if needed downloads) the file first
     and the others wait at a barrier, so they never race on the same cache file."""
     weights = config.model.get("weights", "none")
     if weights in (None, "", "none"):
-        return dict(variables)
+        return None
     return parallel.process_zero_first(
         "pretrained_weights",
-        lambda: keras_weights.load_into(config.model.backbone, weights, variables,
-                                        weights_dir=config.model.get("weights_dir")))
+        lambda: keras_weights.locate(config.model.backbone, weights, weights_dir=config.model.get("weights_dir")))
+
+
+def load_pretrained_weights(config: ml_collections.ConfigDict, variables: Mapping) -> dict:
+    """Merges Keras ImageNet weights into the backbone when config.model.weights asks."""
+    path = locate_pretrained_weights(config)
+    return dict(variables) if path is None else keras_weights.load_into(config.model.backbone, path, variables)
