@@ -105,8 +105,3 @@ def locate_pretrained_weights(config: ml_collections.ConfigDict) -> str | None:
         "pretrained_weights",
         lambda: keras_weights.locate(config.model.backbone, weights, weights_dir=config.model.get("weights_dir")))
 
-
-def load_pretrained_weights(config: ml_collections.ConfigDict, variables: Mapping) -> dict:
-    """Merges Keras ImageNet weights into the backbone when config.model.weights asks."""
-    path = locate_pretrained_weights(config)
-    return dict(variables) if path is None else keras_weights.load_into(config.model.backbone, path, variables)
