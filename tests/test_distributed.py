@@ -20,6 +20,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 420  # per process: a hang fails the test instead of the suite
+PREEMPTED = 3  # --preempted_exit_code in these runs: "preempted, rerun me" is not "finished"
 # BatchNorm (synchronised over all devices) and dropout on; plateau and early stopping
 # with short patience, step-level checkpoints, a few corruptions; the report's splits
 # scored after test-time BatchNorm adaptation (the same statistics on any layout).
@@ -99,17 +100,27 @@ def _assert_same_report(a, b):
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
+    """The 2 x 2 run, interrupted: Ctrl-C reaches process 1 at step 10, both processes save
+    the same step and exit with the preemption code, and the same command resumes and
+    finishes. One run serves the Ctrl-C test and the layout-equality test (which then
+    also shows that a resumed 2-process run ends where 1 x 4 ends)."""
     tmp = tmp_path_factory.mktemp("dist")
     data_dir, workdir = str(tmp / "tfds_fresh"), str(tmp / "two")
     t0 = time.time()
-    logs = _wait(_start_pair(workdir, data_dir))
-    return workdir, data_dir, logs, time.time() - t0
+    procs = _start_pair(workdir, data_dir, f"--preempted_exit_code={PREEMPTED}")
+    _wait_for_windows(workdir, procs, 10)
+    procs[1].send_signal(signal.SIGINT)
+    interrupted = _wait(procs, expect=PREEMPTED)
+    report_after_interruption = any(os.path.exists(os.path.join(workdir, *p))
+                                    for p in (("report.json",), ("adapted", "report.json")))
+    logs = _wait(_start_pair(workdir, data_dir, f"--preempted_exit_code={PREEMPTED}"))
+    return workdir, data_dir, logs, time.time() - t0, interrupted, report_after_interruption
 
 
 @pytest.fixture(scope="module")
 def one_process_run(two_process_run, tmp_path_factory):
     """The same config on 1 process x 4 devices (pmap): the reference of every layout."""
-    _, data_dir, _, _ = two_process_run
+    data_dir = two_process_run[1]
     single = str(tmp_path_factory.mktemp("single") / "run")
     out = subprocess.run([sys.executable, "launch.py", f"--workdir={single}", *OVERRIDES,
                           f"--config.data_dir={data_dir}"], cwd=ROOT, env=_env(4), capture_output=True, text=True,
@@ -142,7 +153,7 @@ def _evaluated_on_four_devices(workdir, data_dir, target):
 
 
 def test_two_processes_match_one_process_with_four_devices(two_process_run, one_process_run, tmp_path):
-    workdir, data_dir, logs, seconds = two_process_run
+    workdir, data_dir, logs, seconds, _, _ = two_process_run
     print(f"2-process run (dataset built from scratch): {seconds:.1f} s")
     assert "2 processes" in logs[0]
     report = _report(workdir)
@@ -195,7 +206,7 @@ def test_two_processes_match_one_process_with_four_devices(two_process_run, one_
 def test_four_processes_of_one_device_match_one_process_with_four(mode, two_process_run, one_process_run, tmp_path):
     """4 processes x 1 device, each reading a quarter of every split: the training
     decisions of 1 process x 4 devices, and the same report for the same model."""
-    _, data_dir, _, _ = two_process_run
+    data_dir = two_process_run[1]
     single, _ = one_process_run
     workdir = str(tmp_path / f"four_{mode}")
     t0 = time.time()
@@ -225,43 +236,30 @@ def _wait_for_windows(workdir, procs, count):
     pytest.fail("the run ended before it could be interrupted")
 
 
-PREEMPTED = 3  # --preempted_exit_code in these runs: "preempted, rerun me" is not "finished"
-
-
-# The Ctrl-C run: 2 epochs and a plain evaluation (the fixture's run covers the rest).
+# The kill -9 run: 2 epochs and a plain evaluation (the fixture's run covers the rest).
 SHORT = ["--config.num_epochs=2", "--config.eval.corruptions=()", "--config.eval.extra_splits=()",
          "--config.eval.adapt_batchnorm=False"]
 
 
-def test_ctrl_c_on_one_process_saves_the_same_step_everywhere_and_both_resume_from_it(two_process_run, tmp_path):
+def test_ctrl_c_on_one_process_saves_the_same_step_everywhere_and_both_resume_from_it(two_process_run):
     """Ctrl-C reaching one process of two goes through JAX's preemption sync point like
     SIGTERM: both save the same step and exit with the preemption code; the rerun
-    restores that step on both processes (the restore agreement) and finishes.
+    restores that step on both processes (the restore agreement) and finishes (the
+    fixture's run; the layout test compares the finished model with 1 x 4).
     (Resumed = uninterrupted is checked bit for bit in tests/test_preemption.py.)"""
-    _, data_dir, _, _ = two_process_run
-    resumed = str(tmp_path / "resumed")
-    t0 = time.time()
-    procs = _start_pair(resumed, data_dir, *SHORT, f"--preempted_exit_code={PREEMPTED}")
-    _wait_for_windows(resumed, procs, 10)
-    t1 = time.time()
-    procs[1].send_signal(signal.SIGINT)
-    logs = _wait(procs, expect=PREEMPTED)
-    t2 = time.time()
-    saved = [[l for l in log.splitlines() if "saved a checkpoint at step" in l] for log in logs]
-    assert all(len(s) == 1 for s in saved), logs[1][-3000:]
+    workdir, _, logs, _, interrupted, report_after_interruption = two_process_run
+    saved = [[l for l in log.splitlines() if "saved a checkpoint at step" in l] for log in interrupted]
+    assert all(len(s) == 1 for s in saved), interrupted[1][-3000:]
     steps = [int(s[0].split("at step ")[1].split()[0]) for s in saved]
     assert steps[0] == steps[1] and "Ctrl-C" in saved[1][0]
-    assert not os.path.exists(os.path.join(resumed, "report.json"))
-    logs = _wait(_start_pair(resumed, data_dir, *SHORT))
-    print(f"Ctrl-C test: {t1 - t0:.1f} s to step 10, {t2 - t1:.1f} s to save and exit, "
-          f"{time.time() - t2:.1f} s to resume and finish")
+    assert 10 <= steps[0] < 88  # mid-run, not the end
+    assert not report_after_interruption
     assert f"at step {steps[0]}" in logs[0] and f"at step {steps[0]}" in logs[1]
-    report = json.load(open(os.path.join(resumed, "report.json")))
-    assert np.asarray(report["clean"]["confusion_matrix"]).sum() == 120
+    assert np.asarray(_report(workdir)["clean"]["confusion_matrix"]).sum() == 120
 
 
 def test_kill_9_of_one_process_ends_the_other_with_a_line_naming_it(two_process_run, tmp_path):
-    workdir, data_dir, _, _ = two_process_run
+    data_dir = two_process_run[1]
     run = str(tmp_path / "killed")
     procs = _start_pair(run, data_dir, *SHORT, "--heartbeat_timeout_seconds=12")
     _wait_for_windows(run, procs, 10)
