@@ -370,6 +370,7 @@ FAILURE_KEY = KV_PREFIX + "failed"
 ALIVE_PREFIX = KV_PREFIX + "alive/"
 DONE_PREFIX = KV_PREFIX + "done/"
 ACK_PREFIX = KV_PREFIX + "ack/"
+ACK_GRACE_S = 1.0  # report_failure: how long the failed process outlives the acknowledgements
 _watch_stop = threading.Event()
 
 
@@ -416,11 +417,17 @@ def watch_for_peer_failure(stale_s: float = 50.0, period_s: float = 1.0) -> None
                 failed, _, message = notice.partition("\t")
                 if int(failed) == me:
                     return
+                # The line first, then the acknowledgement, then exit: once acknowledged, the
+                # failed process may exit, and if it is process 0 its coordination service
+                # goes with it (JAX's client then aborts this process, exit -6, seen once
+                # in a suite run).
+                print(f"brainjax: error: process {failed} failed: {message}; process {me} stops too",
+                      file=sys.stderr, flush=True)
                 try:
                     client.key_value_set(f"{ACK_PREFIX}{me}", "1", allow_overwrite=True)
                 except Exception:  # noqa: BLE001
                     pass
-                _stop_process(f"process {failed} failed: {message}; process {me} stops too")
+                os._exit(1)
             for key, value in entries.items():
                 if not key.startswith(ALIVE_PREFIX):
                     continue
@@ -468,6 +475,9 @@ def report_failure(message: str, wait_s: float = 10.0) -> bool:
             client.blocking_key_value_get(f"{ACK_PREFIX}{other}", max(int((deadline - time.monotonic()) * 1000), 1))
         except Exception:  # noqa: BLE001  (that process is gone or did not answer in time)
             pass
+    # An acknowledging process exits right after its acknowledgement; outlive that exit, so
+    # no process sees the coordination service go first.
+    time.sleep(ACK_GRACE_S)
     return True
 
 
