@@ -104,4 +104,3 @@ def locate_pretrained_weights(config: ml_collections.ConfigDict) -> str | None:
     return parallel.process_zero_first(
         "pretrained_weights",
         lambda: keras_weights.locate(config.model.backbone, weights, weights_dir=config.model.get("weights_dir")))
-
