@@ -382,8 +382,11 @@ def _coordination_client() -> Any:
     return distributed.global_state.client
 
 
-def _stop_process(line: str) -> None:
+def _stop_process(line: str, before_exit: Callable[[], None] | None = None) -> None:
+    """Prints the one error line, runs `before_exit` (if any), and exits this process."""
     print(f"brainjax: error: {line}", file=sys.stderr, flush=True)
+    if before_exit is not None:
+        before_exit()
     os._exit(1)
 
 
@@ -421,13 +424,13 @@ def watch_for_peer_failure(stale_s: float = 50.0, period_s: float = 1.0) -> None
                 # failed process may exit, and if it is process 0 its coordination service
                 # goes with it (JAX's client then aborts this process, exit -6, seen once
                 # in a suite run).
-                print(f"brainjax: error: process {failed} failed: {message}; process {me} stops too",
-                      file=sys.stderr, flush=True)
-                try:
-                    client.key_value_set(f"{ACK_PREFIX}{me}", "1", allow_overwrite=True)
-                except Exception:  # noqa: BLE001
-                    pass
-                os._exit(1)
+                def acknowledge() -> None:
+                    try:
+                        client.key_value_set(f"{ACK_PREFIX}{me}", "1", allow_overwrite=True)
+                    except Exception:  # noqa: BLE001  (the failed process may be gone already)
+                        pass
+
+                _stop_process(f"process {failed} failed: {message}; process {me} stops too", before_exit=acknowledge)
             for key, value in entries.items():
                 if not key.startswith(ALIVE_PREFIX):
                     continue
