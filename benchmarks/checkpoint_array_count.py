@@ -1,14 +1,14 @@
-"""What a save costs per array, not per byte: the same Composite orbax save of the default
-config's state + best (171 arrays, host numpy) vs the same floats as two flat arrays,
+"""What a save costs per array, not per byte: the engine's save (`checkpoint.Checkpoints`,
+on the calling thread) of the default config's state + best (171 arrays, host numpy) vs
+the same floats as two flat arrays,
 process CPU time (all threads) from the save call until the files are written, median of
 6 saves (BUILD_NOTES, session 12: the lever for issue 23's checkpoint overhead)."""
 import os, sys, time, tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from brainjax import xla_flags; xla_flags.apply_cpu_defaults()
 import jax, numpy as np
-import orbax.checkpoint as ocp
 from jax.flatten_util import ravel_pytree
-from brainjax import models
+from brainjax import checkpoint, models
 from brainjax import state as state_lib
 from configs import default
 c = default.get_config()
@@ -19,12 +19,9 @@ flat_s, _ = ravel_pytree(jax.tree.map(np.asarray, s)); flat_b, _ = ravel_pytree(
 flat = {"state": np.asarray(flat_s), "best": np.asarray(flat_b)}
 print("leaves", len(jax.tree.leaves(s)) + len(jax.tree.leaves(best)), "floats", flat["state"].size + flat["best"].size)
 for name, (st, be) in {"tree": (s, best), "flat": (flat["state"], flat["best"])}.items():
-    d = tempfile.mkdtemp()
-    m = ocp.CheckpointManager(d, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=True))
-    cpu = []
+    ck, cpu = checkpoint.Checkpoints(tempfile.mkdtemp(), background=False), []
     for step in range(1, 9):
         c0 = time.process_time()
-        m.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(st), best=ocp.args.StandardSave(be), loop=ocp.args.JsonSave({"e": 0})), force=True)
-        m.wait_until_finished(); cpu.append(time.process_time() - c0)
+        ck.save(step, st, be, {"epoch": 0}); ck.wait(); cpu.append(time.process_time() - c0)
     print(name, "CPU ms per save", np.round(1000 * np.median(cpu[2:]), 1), np.round(1000 * np.array(cpu[2:]), 0))
-    m.close()
+    ck.close()
