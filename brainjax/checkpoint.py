@@ -1,11 +1,19 @@
 """Orbax checkpoints: one manager, one atomic step directory holding everything.
 
-<workdir>/checkpoints/<step>/ holds three items, committed together by orbax's atomic
+<workdir>/checkpoints/<step>/ holds four items, committed together by orbax's atomic
 rename (a half-written step is a temporary directory that is never restored):
-  state  the full TrainState (params, batch_stats, optimizer state, step, lr_scale)
-  best   {params, batch_stats} of the epoch with the lowest validation loss so far
-  loop   JSON: epoch, position in the epoch, plateau / early-stopping counters, the
-         running training totals of the current epoch
+  state_flat  the full TrainState (params, batch_stats, optimizer state, step, lr_scale)
+  best_flat   {params, batch_stats} of the epoch with the lowest validation loss so far
+  layout      JSON: for each of the two, every leaf's path, shape and dtype, in order
+  loop        JSON: epoch, position in the epoch, plateau / early-stopping counters, the
+              running training totals of the current epoch
+A `*_flat` item is one 1-D array per dtype: the leaves raveled and concatenated in
+`jax.tree.leaves` order. Orbax's save and restore cost is per array, not per byte (the
+default model's 171 arrays: ~190 ms CPU per save; the same floats as two arrays: ~45
+ms; benchmarks/checkpoint_array_count.py), so the flat items are what keeps a save
+cheap on a busy host. Restore checks the stored layout against the model the config
+builds, leaf by leaf, before reading an array, and names the first difference. Steps
+written before this format (items `state` and `best` as orbax trees) are still read.
 Restore never deletes: a step orbax positively reports as incomplete or corrupted is
 renamed `<step>.unreadable` and the previous one used; any other error (an I/O error
 from flaky storage, a MemoryError, a reworded message) stops the run with the files in
@@ -24,12 +32,14 @@ so it works whatever optimizer or trainable set the run was trained with.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import logging
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -37,6 +47,95 @@ from brainjax import parallel
 from brainjax.errors import UserError
 
 log = logging.getLogger("brainjax")
+
+
+class LayoutMismatch(ValueError):
+    """A checkpoint's stored layout differs from the model this config builds."""
+
+
+def _dtype_name(x: Any) -> str:
+    return str(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
+
+
+def layout_of(tree: Any) -> list[list]:
+    """[path, shape, dtype] of every leaf of `tree`, in `jax.tree.leaves` order: what a
+    flat item's bytes mean (saved as JSON beside it)."""
+    return [[jax.tree_util.keystr(path), [int(d) for d in np.shape(x)], _dtype_name(x)]
+            for path, x in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+@jax.jit
+def _concat_on_device(groups: dict[str, list]) -> dict[str, jax.Array]:
+    return {k: jnp.concatenate([jnp.ravel(x) for x in xs]) for k, xs in groups.items()}
+
+
+def _host(x: Any) -> np.ndarray:
+    """Host numpy of a leaf; a replicated global array spanning other processes is read
+    from this process's first copy."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+
+def flatten(tree: Any) -> dict[str, Any]:
+    """{dtype name: 1-D array}: the leaves of `tree`, raveled and concatenated per dtype
+    in leaf order. Device arrays that share one sharding are concatenated on device (the
+    result has that sharding: orbax copies 1-3 arrays to the host instead of one per
+    leaf); anything else on the host."""
+    leaves = jax.tree.leaves(tree)
+    for path, x in jax.tree_util.tree_leaves_with_path(tree):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
+            raise TypeError(f"checkpoint leaf {jax.tree_util.keystr(path)} is a typed PRNG key; store "
+                            "jax.random.key_data(key) in the state instead")
+    groups: dict[str, list] = {}
+    for x in leaves:
+        groups.setdefault(_dtype_name(x), []).append(x)
+    if leaves and all(isinstance(x, jax.Array) for x in leaves) and \
+            len({x.sharding for x in leaves}) == 1:
+        return _concat_on_device(groups)
+    return {k: np.concatenate([np.ravel(_host(x)) for x in xs]) for k, xs in groups.items()}
+
+
+def _flat_sizes(layout: list[list]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for _, shape, dtype in layout:
+        sizes[dtype] = sizes.get(dtype, 0) + int(np.prod(shape, dtype=np.int64))
+    return sizes
+
+
+@functools.lru_cache(maxsize=16)
+def _split_jit(treedef: Any, spec: tuple, sharding: jax.sharding.Sharding):
+    """The inverse of `flatten` for one layout: slices and reshapes, placed with `sharding`."""
+    def split(flat):
+        return jax.tree.unflatten(treedef, [jax.lax.slice(flat[dtype], (start,), (start + size,)).reshape(shape)
+                                            for dtype, start, size, shape in spec])
+    return jax.jit(split, out_shardings=sharding)
+
+
+def unflatten(flat: dict[str, jax.Array], template: Any, sharding: jax.sharding.Sharding) -> Any:
+    """`template`'s tree from its flat item (`flatten`'s output), placed with `sharding`."""
+    leaves, treedef = jax.tree.flatten(template)
+    offsets: dict[str, int] = {}
+    spec = []
+    for x in leaves:
+        dtype, shape = _dtype_name(x), tuple(int(d) for d in np.shape(x))
+        size = int(np.prod(shape, dtype=np.int64))
+        start = offsets.get(dtype, 0)
+        offsets[dtype] = start + size
+        spec.append((dtype, start, size, shape))
+    return _split_jit(treedef, tuple(spec), sharding)(flat)
+
+
+def compare_layouts(stored: list[list], template: Any, what: str) -> None:
+    """Raises `LayoutMismatch` naming the first leaf where the stored layout of `what`
+    differs from `template`'s (or the leaf counts)."""
+    wanted = layout_of(template)
+    for saved, want in zip(stored, wanted):
+        if list(saved) != want:
+            raise LayoutMismatch(f"{what} leaf {want[0]}: the checkpoint has {saved[0]} {saved[1]} {saved[2]}, "
+                                 f"this config builds {want[1]} {want[2]}")
+    if len(stored) != len(wanted):
+        raise LayoutMismatch(f"{what}: the checkpoint has {len(stored)} arrays, this config builds {len(wanted)}")
 
 
 def _abstract(tree: Any, sharding: jax.sharding.Sharding) -> Any:
@@ -71,6 +170,8 @@ def classify_restore_error(err: BaseException) -> int:
     about the files, so they must be left alone."""
     text = str(err)
     lower = text.lower()
+    if isinstance(err, LayoutMismatch):
+        return MISMATCH
     if any(marker.lower() in lower for marker in _MISMATCH_MARKERS):
         return MISMATCH
     if isinstance(err, json.JSONDecodeError):  # a metadata file cut short
@@ -121,7 +222,11 @@ class Checkpoints:
     process) is raised as it came, for `run.fail` to name.
     """
 
-    def __init__(self, workdir: str, keep: int = 2, background: bool | None = None):
+    def __init__(self, workdir: str, keep: int = 2, background: bool | None = None, flat: bool = True):
+        """`flat=False` writes the earlier tree format (one orbax array per leaf): kept
+        so benchmarks/checkpoint_array_count.py can time both formats side by side, and
+        tests can make the steps an earlier version wrote. Both formats are always read."""
+        self.flat = bool(flat)
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -165,16 +270,43 @@ class Checkpoints:
                          "(storage, space, permissions) and rerun the same command to resume.")
 
     def _save_now(self, step: int, state: Any, best: Any, loop: dict, host_copy: bool) -> None:
+        if self.flat:
+            layout = {"state": layout_of(state), "best": layout_of(best)}
+            state, best = flatten(state), flatten(best)  # on device for device arrays
         if host_copy:
             state, best = jax.device_get(state), jax.device_get(best)
-        saved = self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best), loop=ocp.args.JsonSave(loop)),
-            force=True)
+        if self.flat:
+            args = ocp.args.Composite(state_flat=ocp.args.StandardSave(state), best_flat=ocp.args.StandardSave(best),
+                                      layout=ocp.args.JsonSave(layout), loop=ocp.args.JsonSave(loop))
+        else:
+            args = ocp.args.Composite(state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best),
+                                      loop=ocp.args.JsonSave(loop))
+        saved = self.manager.save(step, args=args, force=True)
         if not saved:
             raise RuntimeError(f"orbax did not save step {step} in {self.directory} "
                                f"(existing steps {self.manager.all_steps()})")
 
-    def _restore_newest(self, args_for_step) -> tuple[int, Any] | None:
+    def _read_step(self, step: int, templates: dict[str, Any], sharding: jax.sharding.Sharding) -> dict:
+        """{name: tree for each template, 'loop': dict} of `step`, in either format. A
+        flat step's layout is compared with the templates before any array is read."""
+        if not os.path.isdir(os.path.join(self.directory, str(step), "layout")):  # the earlier tree format
+            return self.manager.restore(step, args=ocp.args.Composite(
+                loop=ocp.args.JsonRestore(),
+                **{name: ocp.args.StandardRestore(_abstract(t, sharding)) for name, t in templates.items()}))
+        meta = self.manager.restore(step, args=ocp.args.Composite(layout=ocp.args.JsonRestore(),
+                                                                  loop=ocp.args.JsonRestore()))
+        for name, template in templates.items():
+            compare_layouts(meta["layout"][name], template, name)
+        targets = {f"{name}_flat": ocp.args.StandardRestore(
+            {dtype: jax.ShapeDtypeStruct((size,), jnp.dtype(dtype), sharding=sharding)
+             for dtype, size in _flat_sizes(layout_of(template)).items()})
+            for name, template in templates.items()}
+        flat = self.manager.restore(step, args=ocp.args.Composite(**targets))
+        out = {name: unflatten(flat[f"{name}_flat"], template, sharding) for name, template in templates.items()}
+        out["loop"] = meta["loop"]
+        return out
+
+    def _restore_newest(self, read) -> tuple[int, Any] | None:
         """Restores the newest readable step, the same one on every process.
 
         Nothing is ever deleted. A step that orbax positively reports as incomplete or
@@ -187,7 +319,7 @@ class Checkpoints:
         for step in sorted(self.manager.all_steps(), reverse=True):
             restored, outcome, detail = None, OK, ""
             try:
-                restored = self.manager.restore(step, args=args_for_step(step))
+                restored = read(step)
             except Exception as err:  # noqa: BLE001  (orbax raises many types; classified below)
                 outcome, detail = classify_restore_error(err), _first_line(err)
             outcomes = parallel.all_process_values(outcome)
@@ -247,10 +379,8 @@ class Checkpoints:
 
     def restore(self, state_template: Any, best_template: Any) -> tuple[Any, Any, dict] | None:
         """(state, best, loop) of the newest readable step, or None without checkpoints."""
-        out = self._restore_newest(lambda step: ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(state_template, parallel.replicated_sharding())),
-            best=ocp.args.StandardRestore(_abstract(best_template, parallel.replicated_sharding())),
-            loop=ocp.args.JsonRestore()))
+        templates = {"state": state_template, "best": best_template}
+        out = self._restore_newest(lambda step: self._read_step(step, templates, parallel.replicated_sharding()))
         if out is None:
             return None
         return out[1]["state"], out[1]["best"], dict(out[1]["loop"])
@@ -258,8 +388,7 @@ class Checkpoints:
     def restore_best(self, best_template: Any) -> tuple[Any, dict] | None:
         """(best model variables, loop) of the newest readable step: params and
         batch_stats only, no optimizer state."""
-        out = self._restore_newest(lambda step: ocp.args.Composite(
-            best=ocp.args.StandardRestore(_abstract(best_template, _one_device())), loop=ocp.args.JsonRestore()))
+        out = self._restore_newest(lambda step: self._read_step(step, {"best": best_template}, _one_device()))
         if out is None:
             return None
         return out[1]["best"], dict(out[1]["loop"])

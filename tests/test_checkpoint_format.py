@@ -1,0 +1,114 @@
+"""The flat checkpoint format (issue 23: orbax's cost is per array): a step holds one
+array per dtype and a layout, restores exactly, refuses another model by name even when
+the sizes add up, and steps of the earlier tree format are still read."""
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from brainjax import checkpoint
+
+
+def _tree(seed=0, kernel_shape=(4, 8)):
+    r = np.random.default_rng(seed)
+    return {"params": {"dense": {"kernel": r.normal(size=kernel_shape).astype(np.float32),
+                                 "bias": r.normal(size=(8,)).astype(np.float32)},
+                       "scale": np.float32(r.normal())},
+            "batch_stats": {},  # an empty node (models without BatchNorm) survives the round trip
+            "count": np.int32(r.integers(100)), "mask": r.integers(0, 2, size=(3,)).astype(bool)}
+
+
+def _files(root):
+    return sorted((os.path.relpath(os.path.join(d, n), root), os.path.getsize(os.path.join(d, n)))
+                  for d, _, names in os.walk(root) for n in names)
+
+
+def _save(workdir, step, state, best, flat=True):
+    ckpt = checkpoint.Checkpoints(workdir, flat=flat)
+    try:
+        ckpt.save(step, state, best, {"epoch": step})
+        ckpt.wait()
+    finally:
+        ckpt.close()
+
+
+def _restore(workdir, state_template, best_template):
+    ckpt = checkpoint.Checkpoints(workdir)
+    try:
+        return ckpt.restore(state_template, best_template)
+    finally:
+        ckpt.close()
+
+
+def _assert_same(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_flat_step_holds_one_array_per_dtype_and_restores_exactly(tmp_path, on_device):
+    state, best = _tree(0), _tree(1)["params"]
+    given = jax.tree.map(jax.numpy.asarray, state) if on_device else state
+    _save(str(tmp_path), 5, given, best)
+    step_dir = tmp_path / "checkpoints" / "5"
+    assert sorted(p.name for p in step_dir.iterdir() if p.is_dir()) == ["best_flat", "layout", "loop", "state_flat"]
+    manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"))
+    raw = manager.restore(5, args=ocp.args.Composite(state_flat=ocp.args.StandardRestore()))["state_flat"]
+    manager.close()
+    assert sorted(raw) == ["bool", "float32", "int32"]  # 6 leaves, 3 arrays
+    assert raw["float32"].shape == (4 * 8 + 8 + 1,)
+    restored_state, restored_best, loop = _restore(str(tmp_path), _tree(7), _tree(8)["params"])
+    _assert_same(restored_state, state)
+    _assert_same(restored_best, best)
+    assert loop == {"epoch": 5}
+
+
+def test_another_model_with_the_same_sizes_is_refused_by_leaf_name(tmp_path):
+    """A (8, 4) kernel where the checkpoint has (4, 8): the flat float32 array has the
+    same length, so only the stored layout can tell. The error names the leaf and no
+    file changes."""
+    _save(str(tmp_path), 3, _tree(0), _tree(0)["params"])
+    before = _files(str(tmp_path))
+    other = _tree(0, kernel_shape=(8, 4))
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        _restore(str(tmp_path), other, other["params"])
+    message = str(err.value)
+    assert "holds a different model" in message and "['params']['dense']['kernel']" in message, message
+    assert "[4, 8]" in message and "[8, 4]" in message, message
+    assert _files(str(tmp_path)) == before
+
+
+def test_a_step_of_the_earlier_tree_format_is_still_read(tmp_path):
+    """A run saved by an earlier version (tree format) resumes; its newer steps, written
+    after the upgrade, are flat, and the newest one is the one restored."""
+    old_state, new_state = _tree(0), _tree(1)
+    _save(str(tmp_path), 1, old_state, old_state["params"], flat=False)
+    assert (tmp_path / "checkpoints" / "1" / "state").is_dir()
+    _assert_same(_restore(str(tmp_path), _tree(9), _tree(9)["params"])[0], old_state)
+    _save(str(tmp_path), 2, new_state, new_state["params"])
+    restored_state, restored_best, loop = _restore(str(tmp_path), _tree(9), _tree(9)["params"])
+    _assert_same(restored_state, new_state)
+    assert loop == {"epoch": 2}
+    ckpt = checkpoint.Checkpoints(str(tmp_path))
+    try:
+        assert ckpt.all_steps() == [1, 2]
+    finally:
+        ckpt.close()
+
+
+def test_a_truncated_layout_sets_the_step_aside_and_uses_the_previous(tmp_path, caplog):
+    _save(str(tmp_path), 1, _tree(0), _tree(0)["params"])
+    _save(str(tmp_path), 2, _tree(1), _tree(1)["params"])
+    layout_dir = tmp_path / "checkpoints" / "2" / "layout"
+    for f in layout_dir.rglob("*"):
+        if f.is_file():
+            f.write_bytes(f.read_bytes()[: max(len(f.read_bytes()) // 3, 1)])
+    restored_state, _, loop = _restore(str(tmp_path), _tree(9), _tree(9)["params"])
+    _assert_same(restored_state, _tree(0))
+    assert loop == {"epoch": 1}
+    assert (tmp_path / "checkpoints" / "2.unreadable").is_dir() and "set aside" in caplog.text
