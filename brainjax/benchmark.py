@@ -195,11 +195,13 @@ def checkpoint_overhead(d: Any, tmp: str, modes: tuple[str, ...], variants: tupl
 
 def loop_rates(size: int, batch: int, data_dir: str | None, repeats: int = 3,
                modes: tuple[str, ...] = ("pmap", "jit"), ckpt_variants: tuple[str, ...] = CKPT_VARIANTS,
-               ckpt_repeats: int = 3) -> dict | None:
+               ckpt_repeats: int = 3, loop_repeats: int = 2) -> dict | None:
     """Per parallel mode (config.parallel), side by side in this process:
     loop_efficiency: the whole loop's training images/s on frozen VGG16 (seed chain
     degradation on device, as in the bare step) / the bare step's, the bare step measured
-    right before and right after the loops (their mean: this machine's speed drifts); and
+    right before and right after the loops (their mean: this machine's speed drifts), the
+    loop's rate the median of `loop_repeats` runs per mode, interleaved (with the median
+    of the per-pair ratios, jit / pmap, which drift disturbs least); and
     checkpoint_overhead_percent: the default config's loop with saves every 10 steps vs
     the default interval (600 s: only the epoch-end saves, outside the timing). The
     checkpoint overhead is measured per `ckpt_variants` (see `checkpoint_overhead`).
@@ -218,13 +220,20 @@ def loop_rates(size: int, batch: int, data_dir: str | None, repeats: int = 3,
         c.train_degrade = degrade.SEED_CHAIN_CFG
         c.eval.corruptions, c.early_stopping.enabled = (), False
         before = flax_rates("vgg16", size, batch, repeats, kinds=("frozen",))["frozen_img_s"]
-        for mode in modes:
-            c.parallel = mode
-            out[f"{mode}_loop_img_s"] = _loop_images_per_sec(c, os.path.join(tmp, f"vgg_{mode}"))
+        for rep in range(loop_repeats):  # the modes interleaved: this machine's speed drifts
+            for mode in modes:
+                c.parallel = mode
+                out.setdefault(f"{mode}_loop_img_s_runs", []).append(
+                    _loop_images_per_sec(c, os.path.join(tmp, f"vgg_{mode}_{rep}")))
         after = flax_rates("vgg16", size, batch, repeats, kinds=("frozen",))["frozen_img_s"]
         out["loop_bare_step_img_s"] = [before, after]
         for mode in modes:
+            out[f"{mode}_loop_img_s"] = float(np.median(out[f"{mode}_loop_img_s_runs"]))
             out[f"{mode}_loop_efficiency"] = out[f"{mode}_loop_img_s"] / float(np.mean([before, after]))
+        if len(modes) > 1:  # each pair's ratio, run side by side: the figure drift disturbs least
+            ratios = [b / a for a, b in zip(out[f"{modes[0]}_loop_img_s_runs"], out[f"{modes[1]}_loop_img_s_runs"])]
+            out[f"{modes[1]}_over_{modes[0]}_loop_img_s_runs"] = ratios
+            out[f"{modes[1]}_over_{modes[0]}_loop_img_s"] = float(np.median(ratios))
         d = _config("tiny", 64, 64)
         d.dataset, d.data_dir, d.num_epochs, d.eval.corruptions = c.dataset, c.data_dir, 6, ()
         d.early_stopping.enabled = False
@@ -428,6 +437,7 @@ def main(argv=None) -> dict:
                     help="--loop_only: save variants to time: host, device, each with _sync for the handover on "
                          "the training thread")
     ap.add_argument("--ckpt_repeats", type=int, default=3, help="--loop_only: interleaved pairs per variant")
+    ap.add_argument("--loop_repeats", type=int, default=2, help="--loop_only: interleaved loop runs per mode")
     ap.add_argument("--dtype", default="float32", help="compute dtype (params stay float32): float32 | bfloat16")
     ap.add_argument("--gpu", action="store_true",
                     help="accelerator table: bfloat16, batch 256, VGG16/ResNet50V2 at 224, MFU vs a bf16 matmul "
@@ -445,7 +455,7 @@ def main(argv=None) -> dict:
         return result
     if args.loop_only:
         loop = loop_rates(112, args.batch, args.data_dir, repeats, ckpt_variants=tuple(args.ckpt_variants.split(",")),
-                          ckpt_repeats=args.ckpt_repeats) or {}
+                          ckpt_repeats=args.ckpt_repeats, loop_repeats=args.loop_repeats) or {}
         loop.update(device=str(jax.devices()[0]), date=time.strftime("%Y-%m-%d"))
         with open(args.out, "w") as f:
             json.dump(loop, f, indent=2)
