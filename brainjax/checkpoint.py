@@ -69,14 +69,6 @@ def _concat_on_device(groups: dict[str, list]) -> dict[str, jax.Array]:
     return {k: jnp.concatenate([jnp.ravel(x) for x in xs]) for k, xs in groups.items()}
 
 
-def _host(x: Any) -> np.ndarray:
-    """Host numpy of a leaf; a replicated global array spanning other processes is read
-    from this process's first copy."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return np.asarray(x.addressable_data(0))
-    return np.asarray(x)
-
-
 def flatten(tree: Any) -> dict[str, Any]:
     """{dtype name: 1-D array}: the leaves of `tree`, raveled and concatenated per dtype
     in leaf order. Device arrays that share one sharding are concatenated on device (the
@@ -93,14 +85,19 @@ def flatten(tree: Any) -> dict[str, Any]:
     if leaves and all(isinstance(x, jax.Array) for x in leaves) and \
             len({x.sharding for x in leaves}) == 1:
         return _concat_on_device(groups)
-    return {k: np.concatenate([np.ravel(_host(x)) for x in xs]) for k, xs in groups.items()}
+    return {k: np.concatenate([np.ravel(np.asarray(x)) for x in xs]) for k, xs in groups.items()}
 
 
-def _flat_sizes(layout: list[list]) -> dict[str, int]:
+def _flat_spec(layout: list[list]) -> tuple[tuple, dict[str, int]]:
+    """Where each leaf of `layout` lies in its dtype's flat array: ((dtype, start, size,
+    shape) per leaf, {dtype: total size})."""
     sizes: dict[str, int] = {}
+    spec = []
     for _, shape, dtype in layout:
-        sizes[dtype] = sizes.get(dtype, 0) + int(np.prod(shape, dtype=np.int64))
-    return sizes
+        size = int(np.prod(shape, dtype=np.int64))
+        spec.append((dtype, sizes.get(dtype, 0), size, tuple(shape)))
+        sizes[dtype] = sizes.get(dtype, 0) + size
+    return tuple(spec), sizes
 
 
 @functools.lru_cache(maxsize=16)
@@ -114,22 +111,13 @@ def _split_jit(treedef: Any, spec: tuple, sharding: jax.sharding.Sharding):
 
 def unflatten(flat: dict[str, jax.Array], template: Any, sharding: jax.sharding.Sharding) -> Any:
     """`template`'s tree from its flat item (`flatten`'s output), placed with `sharding`."""
-    leaves, treedef = jax.tree.flatten(template)
-    offsets: dict[str, int] = {}
-    spec = []
-    for x in leaves:
-        dtype, shape = _dtype_name(x), tuple(int(d) for d in np.shape(x))
-        size = int(np.prod(shape, dtype=np.int64))
-        start = offsets.get(dtype, 0)
-        offsets[dtype] = start + size
-        spec.append((dtype, start, size, shape))
-    return _split_jit(treedef, tuple(spec), sharding)(flat)
+    spec, _ = _flat_spec(layout_of(template))
+    return _split_jit(jax.tree.structure(template), spec, sharding)(flat)
 
 
-def compare_layouts(stored: list[list], template: Any, what: str) -> None:
+def compare_layouts(stored: list[list], wanted: list[list], what: str) -> None:
     """Raises `LayoutMismatch` naming the first leaf where the stored layout of `what`
-    differs from `template`'s (or the leaf counts)."""
-    wanted = layout_of(template)
+    differs from the `wanted` one (`layout_of` the template), or the leaf counts."""
     for saved, want in zip(stored, wanted):
         if list(saved) != want:
             raise LayoutMismatch(f"{what} leaf {want[0]}: the checkpoint has {saved[0]} {saved[1]} {saved[2]}, "
@@ -295,12 +283,13 @@ class Checkpoints:
                 **{name: ocp.args.StandardRestore(_abstract(t, sharding)) for name, t in templates.items()}))
         meta = self.manager.restore(step, args=ocp.args.Composite(layout=ocp.args.JsonRestore(),
                                                                   loop=ocp.args.JsonRestore()))
+        targets = {}
         for name, template in templates.items():
-            compare_layouts(meta["layout"][name], template, name)
-        targets = {f"{name}_flat": ocp.args.StandardRestore(
-            {dtype: jax.ShapeDtypeStruct((size,), jnp.dtype(dtype), sharding=sharding)
-             for dtype, size in _flat_sizes(layout_of(template)).items()})
-            for name, template in templates.items()}
+            wanted = layout_of(template)
+            compare_layouts(meta["layout"][name], wanted, name)
+            targets[f"{name}_flat"] = ocp.args.StandardRestore(
+                {dtype: jax.ShapeDtypeStruct((size,), jnp.dtype(dtype), sharding=sharding)
+                 for dtype, size in _flat_spec(wanted)[1].items()})
         flat = self.manager.restore(step, args=ocp.args.Composite(**targets))
         out = {name: unflatten(flat[f"{name}_flat"], template, sharding) for name, template in templates.items()}
         out["loop"] = meta["loop"]
