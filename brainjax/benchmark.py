@@ -49,7 +49,8 @@ def _flops(compiled) -> float:
     return float(cost.get("flops", float("nan")))
 
 
-def _config(backbone: str, size: int, batch: int, dtype: str = "float32"):
+def benchmark_config(backbone: str, size: int, batch: int, dtype: str = "float32"):
+    """The default config as the benchmarks train it (also benchmarks/step_modes.py)."""
     from configs import default
 
     c = default.get_config()
@@ -67,7 +68,7 @@ def _config(backbone: str, size: int, batch: int, dtype: str = "float32"):
 def flax_rates(backbone: str, size: int, batch: int, repeats: int, dtype: str = "float32",
                kinds: tuple[str, ...] = ("frozen", "finetune")) -> dict:
     """Frozen step (with degradation), fine-tune step, eval step: img/s and FLOPs/img."""
-    c = _config(backbone, size, batch, dtype)
+    c = benchmark_config(backbone, size, batch, dtype)
     model = models.create_model(c.model, 4)
     rng = np.random.default_rng(0)
     batch_data = jax.device_put({"image": rng.integers(0, 256, (batch, size, size, 1), dtype=np.uint8),
@@ -116,7 +117,7 @@ def pipeline_rate(size: int, batch: int, data_dir: str | None) -> float | None:
         from brainjax.data.pipeline import InputPipeline
     except ImportError:  # GPU machines without TensorFlow
         return None
-    c = _config("tiny", size, batch)
+    c = benchmark_config("tiny", size, batch)
     c.data_dir = data_dir
     p = InputPipeline(c, num_local_devices=1)
     for _ in p.train_epoch(c.train_split, 0, 0):  # fills the cache
@@ -214,7 +215,7 @@ def loop_rates(size: int, batch: int, data_dir: str | None, repeats: int = 3,
         return None
     out: dict = {"devices": jax.device_count()}
     with tempfile.TemporaryDirectory() as tmp:
-        c = _config("vgg16", size, batch)
+        c = benchmark_config("vgg16", size, batch)
         c.dataset, c.data_dir = "brain_phantom/small", data_dir or os.path.join(tmp, "tfds")
         c.trainable, c.num_epochs = ("^head/",), 3
         c.train_degrade = degrade.SEED_CHAIN_CFG
@@ -234,7 +235,7 @@ def loop_rates(size: int, batch: int, data_dir: str | None, repeats: int = 3,
             ratios = [b / a for a, b in zip(out[f"{modes[0]}_loop_img_s_runs"], out[f"{modes[1]}_loop_img_s_runs"])]
             out[f"{modes[1]}_over_{modes[0]}_loop_img_s_runs"] = ratios
             out[f"{modes[1]}_over_{modes[0]}_loop_img_s"] = float(np.median(ratios))
-        d = _config("tiny", 64, 64)
+        d = benchmark_config("tiny", 64, 64)
         d.dataset, d.data_dir, d.num_epochs, d.eval.corruptions = c.dataset, c.data_dir, 6, ()
         d.early_stopping.enabled = False
         out.update(checkpoint_overhead(d, tmp, modes, ckpt_variants, ckpt_repeats))
@@ -268,7 +269,7 @@ def export_latency(settings: tuple = (("tiny", 64), ("vgg16", 224), ("resnet50v2
 
     out: dict = {}
     for arch, size in settings:
-        c = _config(arch, size, 32)
+        c = benchmark_config(arch, size, 32)
         if arch.startswith("vgg"):
             c.model[arch] = {"conv_impl": "direct"}
         model = models.create_model(c.model, 4)
@@ -339,7 +340,7 @@ def fit_head_cached(model: Any, variables: dict, images: np.ndarray, labels: np.
     inputs (each image + one fixed degraded copy) -> pooled base features once ->
     `epochs` epochs of the engine's head step (Adam, cross-entropy, the head's dropout).
     Returns the number of inputs and the time of each phase (seconds)."""
-    c = _config("vgg16", images.shape[1], batch)
+    c = benchmark_config("vgg16", images.shape[1], batch)
     c.trainable, c.optimizer.learning_rate = ("^head/",), learning_rate
     t0 = time.perf_counter()
     x, y = feature_cache.seed_protocol_inputs(images, labels, seed)

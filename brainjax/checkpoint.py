@@ -74,13 +74,12 @@ def flatten(tree: Any) -> dict[str, Any]:
     in leaf order. Device arrays that share one sharding are concatenated on device (the
     result has that sharding: orbax copies 1-3 arrays to the host instead of one per
     leaf); anything else on the host."""
-    leaves = jax.tree.leaves(tree)
+    leaves, groups = [], {}
     for path, x in jax.tree_util.tree_leaves_with_path(tree):
         if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
             raise TypeError(f"checkpoint leaf {jax.tree_util.keystr(path)} is a typed PRNG key; store "
                             "jax.random.key_data(key) in the state instead")
-    groups: dict[str, list] = {}
-    for x in leaves:
+        leaves.append(x)
         groups.setdefault(_dtype_name(x), []).append(x)
     if leaves and all(isinstance(x, jax.Array) for x in leaves) and \
             len({x.sharding for x in leaves}) == 1:
@@ -212,8 +211,9 @@ class Checkpoints:
 
     def __init__(self, workdir: str, keep: int = 2, background: bool | None = None, flat: bool = True):
         """`flat=False` writes the earlier tree format (one orbax array per leaf): kept
-        so benchmarks/checkpoint_array_count.py can time both formats side by side, and
-        tests can make the steps an earlier version wrote. Both formats are always read."""
+        so benchmarks/checkpoint_handover.py and checkpoint_array_count.py can time both
+        formats side by side, and so tests can make the steps an earlier version wrote.
+        Both formats are always read."""
         self.flat = bool(flat)
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.manager = ocp.CheckpointManager(

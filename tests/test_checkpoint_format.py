@@ -112,3 +112,10 @@ def test_a_truncated_layout_sets_the_step_aside_and_uses_the_previous(tmp_path, 
     _assert_same(restored_state, _tree(0))
     assert loop == {"epoch": 1}
     assert (tmp_path / "checkpoints" / "2.unreadable").is_dir() and "set aside" in caplog.text
+
+
+def test_a_typed_prng_key_in_the_state_is_refused_by_name():
+    """Key arrays cannot be concatenated with numbers: the save names the leaf instead of
+    failing deep inside jnp.concatenate."""
+    with pytest.raises(TypeError, match=r"\['rng'\] is a typed PRNG key"):
+        checkpoint.flatten({"rng": jax.random.key(0), "w": np.zeros(3, np.float32)})
