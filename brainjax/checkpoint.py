@@ -128,8 +128,8 @@ def compare_layouts(stored: list[list], wanted: list[list], what: str) -> None:
 def _abstract(tree: Any, sharding: jax.sharding.Sharding) -> Any:
     """Restore targets: the template's shapes and dtypes, placed with `sharding` (never
     the sharding recorded in the checkpoint, which names the saving run's devices)."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not hasattr(x, "dtype")
-                                                       else x.dtype, sharding=sharding), tree)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.dtype(_dtype_name(x)), sharding=sharding),
+                        tree)
 
 
 def _one_device() -> jax.sharding.Sharding:
