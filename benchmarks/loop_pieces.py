@@ -1,11 +1,11 @@
 """Where the loop's jit/pmap gap is: the frozen VGG16 step of `loop_rates` (112 px, batch
 32, 4 CPU devices, seed-chain degradation) fed five ways per parallel mode, built up
-towards the loop (BUILD_NOTES, session 14):
+towards the loop (BUILD_NOTES, session 16):
   placed   a batch already on the devices (the step alone, as benchmarks/step_modes.py)
   shard    `parallel.shard` of an in-memory host batch every step
   prefetch `parallel.prefetch_to_device` over in-memory host batches
   tfdata   `parallel.prefetch_to_device` over the real training source (tf.data)
-  loop     tfdata + what the loop does per step besides (metric windows: async copy to
+  loop     tfdata + the loop's own metric windows (`loop.MetricWindows`: async copy to
            host when a window closes, read one window later)
 Rounds interleave every (mode, variant) with `--steps` steps each, so this machine's
 drift falls on all alike; prints the median img/s per cell and jit / pmap per variant."""
@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from brainjax import xla_flags; xla_flags.apply_cpu_defaults()
 import functools
 import jax, numpy as np
-from brainjax import benchmark, degrade, models, parallel, steps, train
+from brainjax import benchmark, degrade, loop, models, parallel, steps, train
 from brainjax import state as state_lib
 
 p = argparse.ArgumentParser()
@@ -55,7 +55,7 @@ for mode in parallel.MODES:
                           prefetch=parallel.prefetch_to_device(endless(lambda e: host_batches), 2),
                           tfdata=parallel.prefetch_to_device(endless(source.epoch), 2),
                           loop=parallel.prefetch_to_device(endless(source.epoch), 2),
-                          windows=[], inflight=[])
+                          windows=loop.MetricWindows())
 VARIANTS = ("placed", "shard", "prefetch", "tfdata", "loop")
 
 
@@ -72,19 +72,12 @@ def run_cell(mode: str, variant: str) -> float:
             b = next(s[variant])
         r, m = fn(r, b, jax.random.fold_in(rng, s["i"]))
         s["i"] += 1
-        if variant == "loop":  # the loop's metric windows
-            s["windows"].append(m)
-            if s["i"] % args.log_every == 0:
-                for leaf in jax.tree.leaves(s["windows"]):
-                    leaf.copy_to_host_async()
-                s["inflight"].append(s["windows"])
-                s["windows"] = []
-            while len(s["inflight"]) > 1:
-                host = [parallel.first_device(x) for x in s["inflight"].pop(0)]
-                float(sum(h["loss_sum"] for h in host))
+        if variant == "loop":  # the loop's metric windows, as loop.fit keeps them
+            s["windows"].add(s["i"], m, close=s["i"] % args.log_every == 0)
+            s["windows"].ready()
     jax.block_until_ready(r)
     s["r"] = r
-    return args.steps * 32 / (time.perf_counter() - t0)
+    return args.steps * c.batch_size / (time.perf_counter() - t0)
 
 
 res = {(m, v): [] for m in parallel.MODES for v in VARIANTS}

@@ -142,7 +142,7 @@ def check_finite(value: float, what: str, step: int, steps_per_epoch: int, ckpt:
             "Lower config.optimizer.learning_rate (or check the input data), then rerun to resume.")
 
 
-class _MetricWindows:
+class MetricWindows:
     """Per-step device metrics, summed per window. A closed window's copy to host starts
     at once (async) and is read one window later, so fetching never waits for the step
     that was just dispatched."""
@@ -222,7 +222,7 @@ def _fit(config, ckpt, *, state, step_fn, source, validate, rng, writers, tag, w
     steps_per_epoch = source.steps_per_epoch
     rstate = parallel.replicate(state.replace(lr_scale=np.float32(progress["lr_scale"])))
     del state
-    windows = _MetricWindows()
+    windows = MetricWindows()
     last_save_time = time.monotonic()
     last_save_step = progress["epoch"] * steps_per_epoch + progress["step_in_epoch"]
     compiled_once = False
