@@ -129,6 +129,20 @@ def shard_bounds(n: int, parts: int) -> list[int]:
     return [(i * n) // parts for i in range(parts + 1)]
 
 
+def iterator_options() -> tf.data.Options:
+    """Options for the datasets iterated once per epoch or evaluation: tf.data's autotuner
+    off. Each of those iterators otherwise owns an autotuning thread, and destroying the
+    iterator at the end of its epoch waits for that thread; on the 2-core machine that
+    wait took 14-20 s with the process idle, in about one epoch in three of the
+    jit-mode loop (BUILD_NOTES, session 17: py-spy showed the main thread in
+    `RootDataset::Iterator::~Iterator`). These pipelines tune nothing: their prefetch
+    depth is fixed, and the decode map's AUTOTUNE parallelism then takes tf.data's
+    default (the number of cores)."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
+
+
 class InputPipeline:
     """Train/eval iterators over one tfds dataset, sharded over processes and devices."""
 
@@ -253,7 +267,7 @@ class InputPipeline:
             parts.append(part.batch(sub_batch, drop_remainder=True).take(steps))
         ds = tf.data.Dataset.zip(tuple(parts)).map(
             lambda *subs: {k: tf.concat([s[k] for s in subs], axis=0) for k in subs[0]})
-        ds = ds.skip(start_step).prefetch(int(self.config.get("prefetch", 2)))
+        ds = ds.skip(start_step).prefetch(int(self.config.get("prefetch", 2))).with_options(iterator_options())
         return (parallel.device_rows(batch, self.num_local_devices) for batch in tfds.as_numpy(ds))
 
     def eval_batches(self, split: str) -> Iterator[Batch]:
@@ -261,7 +275,7 @@ class InputPipeline:
         local_batch = self.eval_global_batch // self.process_count
         n_max_local = math.ceil(self.num_examples(split) / self.process_count)
         num_batches = math.ceil(n_max_local / local_batch)
-        ds = self._cached(split).batch(local_batch).prefetch(2)
+        ds = self._cached(split).batch(local_batch).prefetch(2).with_options(iterator_options())
         produced = 0
         for batch in tfds.as_numpy(ds):
             produced += 1
