@@ -136,8 +136,8 @@ def iterator_options() -> tf.data.Options:
     wait took 14-20 s with the process idle, in about one epoch in three of the
     jit-mode loop (BUILD_NOTES, session 17: py-spy showed the main thread in
     `RootDataset::Iterator::~Iterator`). These pipelines tune nothing: their prefetch
-    depth is fixed, and the decode map's AUTOTUNE parallelism then takes tf.data's
-    default (the number of cores)."""
+    depth is fixed, and the decode map's AUTOTUNE parallelism (used only when a split is
+    read before its cache is filled) takes tf.data's untuned default."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return options
