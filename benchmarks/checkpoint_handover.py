@@ -1,5 +1,5 @@
 """What one save costs, the way `loop.fit` makes it: the training thread hands a
-device-side copy (`parallel.checkpoint_copy`) to the background worker, which makes the
+device-side snapshot (`Checkpoints.snapshot`) to the background worker, which makes the
 host copy when config.checkpoint_from='host' (the CPU default) and calls orbax. For pmap
 and jit, host and device sources, and the flat checkpoint format (the default) vs the
 earlier tree format (`Checkpoints(flat=False)`), all in one run on the default config's
@@ -33,7 +33,7 @@ for mode in ("pmap", "jit"):
                 blocking, cpu = [], []
                 for step in range(1, 9):
                     c0, t0 = time.process_time(), time.perf_counter()
-                    ck.save(step, parallel.checkpoint_copy(rstate), best, {"epoch": 0}, host_copy=source == "host")
+                    ck.save(step, ck.snapshot(rstate), best, {"epoch": 0}, host_copy=source == "host")
                     blocking.append(time.perf_counter() - t0)
                     ck.wait()
                     cpu.append(time.process_time() - c0)

@@ -20,10 +20,10 @@ from flaky storage, a MemoryError, a reworded message) stops the run with the fi
 place, and every process restores the same step.
 Keeping the best model inside every step directory makes "latest" and "best" one fact:
 no crash point can leave them naming different epochs (two managers saved one after the
-other could). Saves are asynchronous: the caller hands over either device arrays (a
-device-side copy of the replicated state, one global array per leaf; orbax copies them
-to the host) or host arrays (`parallel.checkpoint_state`, chosen by
-`config.checkpoint_from`), and orbax writes in the background. Restores place the arrays with an explicit target
+other could). Saves are asynchronous: the training thread hands over a device-side
+snapshot of the replicated state, already concatenated per dtype on device in the same
+dispatch (`Checkpoints.snapshot`); the save copies it to the host first or lets orbax do
+it (`config.checkpoint_from`), and orbax writes in the background. Restores place the arrays with an explicit target
 sharding (replicated over every device to resume training; one device for inference),
 so a checkpoint saved on another topology restores safely. Inference restores `best` alone,
 so it works whatever optimizer or trainable set the run was trained with.
@@ -36,7 +36,7 @@ import functools
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,9 +64,26 @@ def layout_of(tree: Any) -> list[list]:
             for path, x in jax.tree_util.tree_leaves_with_path(tree)]
 
 
-@jax.jit
-def _concat_on_device(groups: dict[str, list]) -> dict[str, jax.Array]:
-    return {k: jnp.concatenate([jnp.ravel(x) for x in xs]) for k, xs in groups.items()}
+def _dtype_groups(tree: Any) -> dict[str, list]:
+    """{dtype name: the leaves of that dtype, in leaf order}; a typed PRNG key is refused
+    by leaf name (its bytes are not an array of a plain dtype)."""
+    groups: dict[str, list] = {}
+    for path, x in jax.tree_util.tree_leaves_with_path(tree):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
+            raise TypeError(f"checkpoint leaf {jax.tree_util.keystr(path)} is a typed PRNG key; store "
+                            "jax.random.key_data(key) in the state instead")
+        groups.setdefault(_dtype_name(x), []).append(x)
+    return groups
+
+
+def concat_leaves(tree: Any) -> dict[str, jax.Array]:
+    """The flat format of `tree` as a pure jittable function: {dtype name: its leaves
+    raveled and concatenated in leaf order}. `parallel.checkpoint_copy` runs it on device
+    in the same dispatch as the copy the training thread makes for a save."""
+    return {k: jnp.concatenate([jnp.ravel(x) for x in xs]) for k, xs in _dtype_groups(tree).items()}
+
+
+_concat_on_device = jax.jit(concat_leaves)
 
 
 def flatten(tree: Any) -> dict[str, Any]:
@@ -74,17 +91,20 @@ def flatten(tree: Any) -> dict[str, Any]:
     in leaf order. Device arrays that share one sharding are concatenated on device (the
     result has that sharding: orbax copies 1-3 arrays to the host instead of one per
     leaf); anything else on the host."""
-    leaves, groups = [], {}
-    for path, x in jax.tree_util.tree_leaves_with_path(tree):
-        if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
-            raise TypeError(f"checkpoint leaf {jax.tree_util.keystr(path)} is a typed PRNG key; store "
-                            "jax.random.key_data(key) in the state instead")
-        leaves.append(x)
-        groups.setdefault(_dtype_name(x), []).append(x)
+    groups = _dtype_groups(tree)
+    leaves = [x for xs in groups.values() for x in xs]
     if leaves and all(isinstance(x, jax.Array) for x in leaves) and \
             len({x.sharding for x in leaves}) == 1:
-        return _concat_on_device(groups)
+        return _concat_on_device(tree)
     return {k: np.concatenate([np.ravel(np.asarray(x)) for x in xs]) for k, xs in groups.items()}
+
+
+class Flat(NamedTuple):
+    """A pytree already in the flat format: `arrays` (`concat_leaves` of it) and `like`,
+    a tree of the same structure with its leaves' shapes and dtypes (arrays or
+    `jax.ShapeDtypeStruct`s), from which the saved layout is computed."""
+    arrays: dict[str, Any]
+    like: Any
 
 
 def _flat_spec(layout: list[list]) -> tuple[tuple, dict[str, int]]:
@@ -197,6 +217,18 @@ def background_default() -> bool:
     return jax.process_count() == 1
 
 
+def item_handlers() -> dict[str, ocp.CheckpointHandler]:
+    """The handler of every item a step may hold. The flat items are written without
+    compression: their bytes are trained float weights, which compression barely
+    shrinks, and it was a sixth of a save's CPU (54-57 -> 35-37 ms per save of the
+    default state with the items below; BUILD_NOTES, session 18). Readers take either
+    (zarr records the codec per array), so steps saved compressed are still read."""
+    flat = functools.partial(ocp.PyTreeCheckpointHandler, use_compression=False)
+    return {"state_flat": flat(), "best_flat": flat(), "layout": ocp.JsonCheckpointHandler(),
+            "loop": ocp.JsonCheckpointHandler(), "state": ocp.StandardCheckpointHandler(),
+            "best": ocp.StandardCheckpointHandler()}
+
+
 class Checkpoints:
     """Step-level checkpoints of one run (every process takes part in every call).
 
@@ -218,16 +250,27 @@ class Checkpoints:
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True))
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True),
+            item_handlers=item_handlers())
         self.background = background_default() if background is None else bool(background)
         self._worker = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="brainjax-checkpoint")
                         if self.background else None)
         self._in_flight: tuple[int, concurrent.futures.Future] | None = None
 
+    def snapshot(self, rstate: Any) -> Any:
+        """What the training thread hands `save` for the replicated training state (laid
+        out by `parallel`): a device-side copy that later steps cannot donate away, made
+        in one dispatch; for the flat format already concatenated per dtype on device
+        (`Flat`: 1-3 arrays, where a copy per leaf then a concatenation cost two passes
+        and, in pmap mode, a global array per leaf on the training thread)."""
+        if not self.flat:
+            return parallel.checkpoint_copy(rstate)
+        return Flat(parallel.checkpoint_copy(rstate, concat_leaves), parallel.replica_shapes(rstate))
+
     def save(self, step: int, state: Any, best: Any, loop: dict, host_copy: bool = False) -> None:
         """Starts an asynchronous save of pytrees `state` and `best` (model variables;
-        device arrays replicated over every device, see `parallel.checkpoint_copy`, or
-        host arrays) and JSON `loop` at `step`. `host_copy`: copy device arrays to host
+        device arrays replicated over every device, see `snapshot`, host arrays, or a
+        `Flat`) and JSON `loop` at `step`. `host_copy`: copy device arrays to host
         numpy before orbax sees them (config.checkpoint_from='host'), on the worker
         thread when saving in the background. Returns once the data is handed over (in
         the background: to the worker, so arrays must not be donated or changed after)."""
@@ -259,12 +302,13 @@ class Checkpoints:
 
     def _save_now(self, step: int, state: Any, best: Any, loop: dict, host_copy: bool) -> None:
         if self.flat:
-            layout = {"state": layout_of(state), "best": layout_of(best)}
-            state, best = flatten(state), flatten(best)  # on device for device arrays
+            state, best = (x if isinstance(x, Flat) else Flat(flatten(x), x) for x in (state, best))
+            layout = {"state": layout_of(state.like), "best": layout_of(best.like)}
+            state, best = state.arrays, best.arrays  # on device for device arrays
         if host_copy:
             state, best = jax.device_get(state), jax.device_get(best)
         if self.flat:
-            args = ocp.args.Composite(state_flat=ocp.args.StandardSave(state), best_flat=ocp.args.StandardSave(best),
+            args = ocp.args.Composite(state_flat=ocp.args.PyTreeSave(state), best_flat=ocp.args.PyTreeSave(best),
                                       layout=ocp.args.JsonSave(layout), loop=ocp.args.JsonSave(loop))
         else:
             args = ocp.args.Composite(state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best),
@@ -287,9 +331,10 @@ class Checkpoints:
         for name, template in templates.items():
             wanted = layout_of(template)
             compare_layouts(meta["layout"][name], wanted, name)
-            targets[f"{name}_flat"] = ocp.args.StandardRestore(
-                {dtype: jax.ShapeDtypeStruct((size,), jnp.dtype(dtype), sharding=sharding)
-                 for dtype, size in _flat_spec(wanted)[1].items()})
+            target = {dtype: jax.ShapeDtypeStruct((size,), jnp.dtype(dtype), sharding=sharding)
+                      for dtype, size in _flat_spec(wanted)[1].items()}
+            targets[f"{name}_flat"] = ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
         flat = self.manager.restore(step, args=ocp.args.Composite(**targets))
         out = {name: unflatten(flat[f"{name}_flat"], template, sharding) for name, template in templates.items()}
         out["loop"] = meta["loop"]

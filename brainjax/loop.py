@@ -238,14 +238,11 @@ def _fit(config, ckpt, *, state, step_fn, source, validate, rng, writers, tag, w
 
     def save(step: int) -> None:
         nonlocal last_save_time, last_save_step
-        # a deep copy: orbax serialises in the background while the loop goes on. With a
-        # background handover the training thread only dispatches the device-side copy
-        # (the next step donates rstate); the worker makes the host copy.
-        if ckpt.background:
-            ckpt.save(step, parallel.checkpoint_copy(rstate), best, copy.deepcopy(progress),
-                      host_copy=save_from == "host")
-        else:
-            ckpt.save(step, parallel.checkpoint_state(rstate, save_from), best, copy.deepcopy(progress))
+        # The training thread only dispatches a device-side snapshot (the next step
+        # donates rstate); the host copy, where asked, is made by the save itself: on the
+        # worker thread with a background handover. progress is deep-copied: orbax
+        # serialises it in the background while the loop goes on.
+        ckpt.save(step, ckpt.snapshot(rstate), best, copy.deepcopy(progress), host_copy=save_from == "host")
         last_save_time, last_save_step = time.monotonic(), step
 
     def stop_for_preemption(step: int) -> None:

@@ -19,8 +19,10 @@ two modes (`config.parallel`, set for the duration of a run with `using`):
 Callers never see the difference: the pipeline hands every mode the same host batches
 [local_devices, per_device, ...]; `shard` lays them out, `replicate` / `unreplicate`
 move state, `host_local` / `first_device` read a step's per-device outputs, and
-`checkpoint_state` gives orbax what a save hands over (`config.checkpoint_from`: a
-device-side copy, `checkpoint_copy`, or a host copy, `unreplicate`).
+`checkpoint_copy` makes the device-side copy a save starts from (optionally transformed
+on device, e.g. into the flat checkpoint format) and `checkpoint_state` a copy of the
+model kept as the best one (`config.checkpoint_from`: device-side, or a host copy,
+`unreplicate`).
 Host-side agreement between processes (barriers, gathering evaluation outputs) goes
 through `multihost_utils` here too.
 """
@@ -183,11 +185,6 @@ def shard(batch: Any) -> Any:
     return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
 
 
-@jax.jit
-def _copy(tree: Any) -> Any:
-    return jax.tree.map(jnp.copy, tree)
-
-
 CHECKPOINT_FROM = ("auto", "device", "host")
 
 
@@ -211,28 +208,41 @@ def checkpoint_state(tree: Any, source: str) -> Any:
     return checkpoint_copy(tree) if source == "device" else unreplicate(tree)
 
 
-def checkpoint_copy(tree: Any) -> Any:
-    """A device-side copy of replicated state as global arrays replicated over every
-    device of every process, which orbax saves directly (its own device-to-host transfer,
-    no host copy here) and which later steps cannot donate away."""
+def checkpoint_copy(tree: Any, transform: Callable[[Any], Any] | None = None) -> Any:
+    """A device-side copy of replicated state, or of `transform` of one replica (a pure
+    jittable function; `checkpoint.concat_leaves` gives the flat format's 1-3 arrays),
+    computed in one dispatch, as global arrays replicated over every device of every
+    process: orbax saves them directly (its own device-to-host transfer, no host copy
+    here), and later steps cannot donate them away (every output is a fresh buffer)."""
+    out = _replica_copy_jit(transform, _mode, tuple(jax.local_devices()))(tree)
     if _mode == "jit":
-        return _copy(tree)
-    sharding = batch_sharding()
-
-    def as_global(x):  # the local replicas [local_devices, ...] as rows of one global array
-        shards = [s.data for s in x.addressable_shards]
-        return jax.make_array_from_single_device_arrays((jax.device_count(), *x.shape[1:]), sharding, shards)
-
-    return _first_row(jax.tree.map(as_global, tree))
-
-
-def _first_row(tree: Any) -> Any:
-    return _first_row_jit(replicated_sharding())(tree)
+        return out
+    return jax.tree.map(_as_global_replicated, out)
 
 
 @functools.lru_cache(maxsize=None)
-def _first_row_jit(sharding: NamedSharding) -> Callable:
-    return jax.jit(lambda t: jax.tree.map(lambda x: x[0], t), out_shardings=sharding)
+def _replica_copy_jit(transform: Callable | None, mode: str, local_devices: tuple) -> Callable:
+    """jit mode: the state is already one replicated global array per leaf. pmap mode: the
+    state is [local_devices, ...] over this process's devices, one identical row per
+    device: each device transforms its own row (no collective), and the result is
+    replicated over the local devices."""
+    def copy(tree):
+        return jax.tree.map(jnp.copy, tree if transform is None else transform(tree))  # never the input buffers
+
+    if mode == "jit":
+        return jax.jit(copy, out_shardings=replicated_sharding())
+    own_row = jax.shard_map(lambda t: copy(jax.tree.map(lambda x: x[0], t)), mesh=_mesh(local_devices),
+                            in_specs=PartitionSpec(AXIS), out_specs=PartitionSpec(), check_vma=False)
+    return jax.jit(own_row)
+
+
+def _as_global_replicated(x: jax.Array) -> jax.Array:
+    """An array replicated over this process's devices as one replicated over every device
+    of every process (the same buffers; every process holds the same values)."""
+    if x.sharding == replicated_sharding():  # one process: the local mesh is the global one
+        return x
+    return jax.make_array_from_single_device_arrays(x.shape, replicated_sharding(),
+                                                    [s.data for s in x.addressable_shards])
 
 
 def prefetch_to_device(batches: Iterable[Any], size: int = 2) -> Iterator[Any]:

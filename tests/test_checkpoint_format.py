@@ -2,6 +2,7 @@
 array per dtype and a layout, restores exactly, refuses another model by name even when
 the sizes add up, and steps of the earlier tree format are still read."""
 
+import json
 import os
 
 import jax
@@ -99,6 +100,44 @@ def test_a_step_of_the_earlier_tree_format_is_still_read(tmp_path):
         assert ckpt.all_steps() == [1, 2]
     finally:
         ckpt.close()
+
+
+def test_a_flat_step_saved_compressed_is_still_read(tmp_path):
+    """Flat steps written before the flat items were stored uncompressed (orbax's default
+    handler, compressed) resume: the reader takes the codec each array records. The
+    newer step is the uncompressed one, and is restored."""
+    old_state, new_state = _tree(0), _tree(1)
+    manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"))  # the earlier writer, as it was
+    manager.save(1, args=ocp.args.Composite(
+        state_flat=ocp.args.StandardSave(checkpoint.flatten(old_state)),
+        best_flat=ocp.args.StandardSave(checkpoint.flatten(old_state["params"])),
+        layout=ocp.args.JsonSave({"state": checkpoint.layout_of(old_state),
+                                  "best": checkpoint.layout_of(old_state["params"])}),
+        loop=ocp.args.JsonSave({"epoch": 1})))
+    manager.wait_until_finished()
+    manager.close()
+    compressed = json.loads((tmp_path / "checkpoints" / "1" / "state_flat" / "_METADATA").read_text())
+    restored_state, restored_best, loop = _restore(str(tmp_path), _tree(9), _tree(9)["params"])
+    _assert_same(restored_state, old_state)
+    _assert_same(restored_best, old_state["params"])
+    assert loop == {"epoch": 1}
+    _save(str(tmp_path), 2, new_state, new_state["params"])
+    _assert_same(_restore(str(tmp_path), _tree(9), _tree(9)["params"])[0], new_state)
+    assert compressed["use_ocdbt"]
+    codecs = {step: _codecs(tmp_path / "checkpoints" / str(step) / "state_flat") for step in (1, 2)}
+    assert sorted(codecs[1]) == sorted(codecs[2]) == ["bool", "float32", "int32"]
+    assert all(c is not None for c in codecs[1].values()), codecs  # the old step really is compressed
+    assert all(c is None for c in codecs[2].values()), codecs
+
+
+def _codecs(item_dir):
+    """{array name: zarr compressor} of an orbax item stored in OCDBT (its .zarray
+    metadata lives inside the OCDBT database, not as files)."""
+    import tensorstore as ts
+
+    kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{item_dir}/"}).result()
+    return {k.decode().split("/")[0]: json.loads(kv.read(k).result().value)["compressor"]
+            for k in kv.list().result() if k.endswith(b"/.zarray")}
 
 
 def test_a_truncated_layout_sets_the_step_aside_and_uses_the_previous(tmp_path, caplog):

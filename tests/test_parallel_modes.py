@@ -103,6 +103,40 @@ def test_checkpoint_copy_is_a_replicated_device_array_that_outlives_donation(tmp
             assert all(leaf.sharding == parallel.replicated_sharding() for leaf in jax.tree.leaves(restored))
 
 
+def test_snapshot_is_the_flat_state_and_outlives_donation(tmp_path):
+    """What the loop hands a save: the state's flat format computed on device in one
+    dispatch, each array replicated over every device. Still the copied state after the
+    next step donated its source (no output may be an input buffer passed through: the
+    int32 group is the single scalar `step`), and equal to flattening the host state."""
+    state, step = _bn_step()
+    batches = _batches(2)
+    for mode in parallel.MODES:
+        with parallel.using(mode):
+            fn = parallel.compiled_step(step, donate_state=True)
+            rstate, _ = fn(parallel.replicate(state), parallel.shard(batches[0]), jax.random.key(3))
+            ckpt = checkpoint.Checkpoints(str(tmp_path / mode))
+            try:
+                snap = ckpt.snapshot(rstate)
+                expected_state = parallel.unreplicate(rstate)
+                expected = checkpoint.flatten(expected_state)
+                rstate, _ = fn(rstate, parallel.shard(batches[1]), jax.random.key(3))  # donates the old buffers
+                assert sorted(snap.arrays) == sorted(expected) == ["float32", "int32"]
+                for name, x in snap.arrays.items():
+                    assert x.sharding.is_fully_replicated and len(x.sharding.device_set) == jax.device_count()
+                    np.testing.assert_array_equal(np.asarray(x), expected[name])
+                assert checkpoint.layout_of(snap.like) == checkpoint.layout_of(expected_state)
+                moved = checkpoint.flatten(parallel.unreplicate(rstate))
+                assert not np.array_equal(moved["float32"], expected["float32"])  # the next step did change it
+                ckpt.save(1, snap, {"params": expected_state.params, "batch_stats": expected_state.batch_stats},
+                          {"epoch": 0}, host_copy=mode == "pmap")
+                ckpt.wait()
+                restored, _, _ = ckpt.restore(state, {"params": state.params, "batch_stats": state.batch_stats})
+            finally:
+                ckpt.close()
+            for a, b in zip(jax.tree.leaves(expected_state), jax.tree.leaves(restored)):
+                np.testing.assert_array_equal(a, np.asarray(b))
+
+
 def test_a_bad_parallel_mode_is_one_clear_error():
     from brainjax.errors import UserError
 
