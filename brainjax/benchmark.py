@@ -146,15 +146,33 @@ def _loop_images_per_sec(config, workdir: str) -> float:
 CKPT_VARIANTS = ("host", "host_sync")
 
 
+def mean_ci95(values: list[float]) -> list[float | None]:
+    """[mean, low, high]: the mean of `values` and its two-sided 95% Student-t interval
+    (what a handful of noisy paired measurements can say about an effect's size)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    mean = float(v.mean())
+    if len(v) < 2:
+        return [mean, None, None]
+    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return [mean, mean - half, mean + half]
+
+
 def checkpoint_overhead(d: Any, tmp: str, modes: tuple[str, ...], variants: tuple[str, ...],
                         repeats: int) -> dict:
     """Per parallel mode and save variant: the loop's training images/s with saves every
-    10 steps vs none inside the timed part, `repeats` adjacent pairs (this machine's speed
-    drifts by more than the effect: the pairs are interleaved and their median reported),
-    and the median time one save blocks the training thread. Variants: config
-    checkpoint_from ('host' | 'device'), with '_sync' for the handover on the training
-    thread (what several processes do, and one process before the background handover)."""
-    from brainjax import checkpoint
+    10 steps vs none, epoch by epoch in one run. One `train.training_run` (pipeline and
+    its tf.data cache, compiled step) serves successive `loop.fit` calls on one workdir,
+    each resuming the last and training one more epoch, alternately with saves every 10
+    steps and with none, in ABBA blocks (on, off, off, on). This machine's speed drifts
+    by more than the effect over minutes: adjacent epochs ~15 s apart share the drift,
+    and the ABBA block cancels its linear part. Reported: each block's overhead, 1 -
+    (on images/s summed) / (off summed), their median, their mean with its 95% interval
+    (`mean_ci95`), and the median time one save blocks the training thread. The first epoch (it fills the tf.data cache) is not
+    timed. Variants: config checkpoint_from ('host' | 'device'), with '_sync' for the
+    handover on the training thread (what several processes do)."""
+    from brainjax import checkpoint, loop, train, writers  # the engine itself; TensorFlow for its pipeline
 
     out: dict = {}
     real_save, real_default = checkpoint.Checkpoints.save, checkpoint.background_default
@@ -167,30 +185,48 @@ def checkpoint_overhead(d: Any, tmp: str, modes: tuple[str, ...], variants: tupl
         finally:
             blocked.append(time.perf_counter() - t0)
 
+    def one_more_epoch(run: Any, workdir: str, epoch: int, every: int) -> float:
+        c = d.copy_and_resolve_references()
+        c.num_epochs, c.checkpoint_every_steps = epoch, every
+        w = writers.default_writers(workdir)
+        try:
+            loop.fit(c, workdir, state=run.host_state, step_fn=run.step_fn, source=run.source,
+                     validate=run.validate, rng=run.train_rng, writers=w, tag=run.tag)
+        finally:
+            w.close()
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            return [json.loads(l) for l in f if '"kind": "epoch"' in l][-1]["images_per_sec"]
+
     checkpoint.Checkpoints.save = timed_save
     try:
-        for rep in range(repeats):
-            for mode in modes:
-                for variant in variants:
-                    source, sync = variant.removesuffix("_sync"), variant.endswith("_sync")
-                    checkpoint.background_default = (lambda: False) if sync else real_default
-                    name = f"{mode}_{variant}"
-                    d.parallel, d.checkpoint_from = mode, source
-                    rates = []
-                    for every in (0, 10):
-                        d.checkpoint_every_steps = every
-                        del blocked[:]
-                        rates.append(_loop_images_per_sec(d, os.path.join(tmp, f"ckpt_{name}_{every}_{rep}")))
-                        if every:
-                            out.setdefault(f"{name}_save_blocking_ms", []).append(1000 * float(np.median(blocked)))
-                    out.setdefault(f"{name}_default_loop_img_s", []).append(rates[0])
-                    out.setdefault(f"{name}_ckpt_every_10_loop_img_s", []).append(rates[1])
-                    out.setdefault(f"{name}_overhead_runs", []).append(100 * (1 - rates[1] / rates[0]))
+        for mode in modes:
+            for variant in variants:
+                source, sync = variant.removesuffix("_sync"), variant.endswith("_sync")
+                checkpoint.background_default = (lambda: False) if sync else real_default
+                name = f"{mode}_{variant}"
+                d.parallel, d.checkpoint_from = mode, source
+                workdir = os.path.join(tmp, f"ckpt_{name}")
+                with parallel.using(mode):
+                    run = train.training_run(d, workdir)
+                    one_more_epoch(run, workdir, 1, 0)  # fills the tf.data cache: not timed
+                    epoch, blocks = 1, []
+                    for _ in range(repeats):
+                        rates = {10: [], 0: []}
+                        for every in (10, 0, 0, 10):
+                            epoch += 1
+                            del blocked[:]
+                            rates[every].append(one_more_epoch(run, workdir, epoch, every))
+                            if every:
+                                out.setdefault(f"{name}_save_blocking_ms", []).append(
+                                    1000 * float(np.median(blocked[:-1])))  # the last: the epoch end's, untimed
+                        blocks.append(100 * (1 - sum(rates[10]) / sum(rates[0])))
+                        out.setdefault(f"{name}_ckpt_every_10_loop_img_s", []).extend(rates[10])
+                        out.setdefault(f"{name}_default_loop_img_s", []).extend(rates[0])
+                out[f"{name}_overhead_runs"] = blocks
+                out[f"{name}_checkpoint_overhead_percent_every_10_steps"] = float(np.median(blocks))
+                out[f"{name}_checkpoint_overhead_mean_ci95"] = mean_ci95(blocks)
     finally:
         checkpoint.Checkpoints.save, checkpoint.background_default = real_save, real_default
-    for key in [k for k in out if k.endswith("_overhead_runs")]:
-        name = key.removesuffix("_overhead_runs")
-        out[f"{name}_checkpoint_overhead_percent_every_10_steps"] = float(np.median(out[key]))
     return out
 
 
@@ -203,9 +239,9 @@ def loop_rates(size: int, batch: int, data_dir: str | None, repeats: int = 3,
     right before and right after the loops (their mean: this machine's speed drifts), the
     loop's rate the median of `loop_repeats` runs per mode, interleaved (with the median
     of the per-pair ratios, jit / pmap, which drift disturbs least); and
-    checkpoint_overhead_percent: the default config's loop with saves every 10 steps vs
-    the default interval (600 s: only the epoch-end saves, outside the timing). The
-    checkpoint overhead is measured per `ckpt_variants` (see `checkpoint_overhead`).
+    checkpoint_overhead_percent: the default config's loop (default dataset, 56 steps an
+    epoch) with saves every 10 steps vs none but the epoch end's (outside the timing),
+    per `ckpt_variants`, epochs interleaved in one run (see `checkpoint_overhead`).
     None where TensorFlow (the input pipeline) is missing."""
     import tempfile
 
@@ -235,8 +271,8 @@ def loop_rates(size: int, batch: int, data_dir: str | None, repeats: int = 3,
             ratios = [b / a for a, b in zip(out[f"{modes[0]}_loop_img_s_runs"], out[f"{modes[1]}_loop_img_s_runs"])]
             out[f"{modes[1]}_over_{modes[0]}_loop_img_s_runs"] = ratios
             out[f"{modes[1]}_over_{modes[0]}_loop_img_s"] = float(np.median(ratios))
-        d = benchmark_config("tiny", 64, 64)
-        d.dataset, d.data_dir, d.num_epochs, d.eval.corruptions = c.dataset, c.data_dir, 6, ()
+        d = benchmark_config("tiny", 64, 64)  # the default dataset: 56 steps, 5 intra-epoch saves per epoch
+        d.data_dir, d.eval.corruptions = c.data_dir, ()
         d.early_stopping.enabled = False
         out.update(checkpoint_overhead(d, tmp, modes, ckpt_variants, ckpt_repeats))
     lead = f"{modes[0]}_{parallel.checkpoint_source()}"  # the keys of the single-mode benchmark: the default path

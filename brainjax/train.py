@@ -9,6 +9,7 @@ fixed inputs). Both go through the one loop and the same final evaluation.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -116,7 +117,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return _train_and_evaluate(config, workdir)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+@dataclasses.dataclass
+class TrainingRun:
+    """What `loop.fit` and the final evaluation need for one config, built once: the input
+    pipeline (and its tf.data cache), the model, the initial host state, the compiled
+    training step, its batch source and validation, and the rngs. benchmarks reuse one
+    across several `loop.fit` calls on the same workdir (each resuming the last)."""
+    pipeline: Any
+    model: Any
+    host_state: Any
+    step_fn: Callable
+    source: Any
+    validate: Callable
+    train_rng: jax.Array
+    eval_rng: jax.Array
+    eval_fns: dict
+    tag: str
+
+
+def training_run(config: ml_collections.ConfigDict, workdir: str) -> TrainingRun:
+    """Checks the config against `workdir`, writes its config.json and builds the run
+    (call inside `parallel.using(config.parallel)`)."""
     cached = bool(config.get("feature_cache"))
     if config.get("fixed_degraded_copy") and not cached:
         raise UserError("config.fixed_degraded_copy=True (the seed's fixed degraded copies) is implemented for the "
@@ -161,11 +182,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         step = functools.partial(steps.train_step, model=train_model, degrade_cfg=config.train_degrade.to_dict(),
                                  augment_cfg=augment_cfg.to_dict() if augment_cfg else None,
                                  quality_loss_weight=quality_loss_weight(config), **step_kwargs)
+    return TrainingRun(pipeline=pipeline, model=model, host_state=host_state,
+                       step_fn=parallel.compiled_step(step, donate_state=True), source=source, validate=validate,
+                       train_rng=train_rng, eval_rng=eval_rng, eval_fns=eval_fns, tag="cached" if cached else "")
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    run = training_run(config, workdir)
+    pipeline, model, eval_fns, eval_rng = run.pipeline, run.model, run.eval_fns, run.eval_rng
     out = writers.default_writers(workdir)
     try:
-        best, _ = loop.fit(config, workdir, state=host_state, step_fn=parallel.compiled_step(step, donate_state=True),
-                           source=source, validate=validate, rng=train_rng, writers=out,
-                           tag="cached" if cached else "")
+        best, _ = loop.fit(config, workdir, state=run.host_state, step_fn=run.step_fn, source=run.source,
+                           validate=run.validate, rng=run.train_rng, writers=out, tag=run.tag)
     finally:
         out.close()
     rvariables = parallel.replicate(steps.model_variables(best["params"], best["batch_stats"]))
