@@ -169,7 +169,10 @@ def checkpoint_overhead(d: Any, tmp: str, modes: tuple[str, ...], variants: tupl
     by more than the effect over minutes: adjacent epochs ~15 s apart share the drift,
     and the ABBA block cancels its linear part. Reported: each block's overhead, 1 -
     (on images/s summed) / (off summed), their median, their mean with its 95% interval
-    (`mean_ci95`), and the median time one save blocks the training thread. The first epoch (it fills the tf.data cache) is not
+    (`mean_ci95`); the same for the process CPU time of the epochs (all threads: the
+    saves' own work, which a 2-core host pays whether or not it delays the step, and which
+    other tenants' load disturbs far less than the wall clock); and the median time one
+    save blocks the training thread. The first epoch (it fills the tf.data cache) is not
     timed. Variants: config checkpoint_from ('host' | 'device'), with '_sync' for the
     handover on the training thread (what several processes do)."""
     from brainjax import checkpoint, loop, train, writers  # the engine itself; TensorFlow for its pipeline
@@ -185,17 +188,20 @@ def checkpoint_overhead(d: Any, tmp: str, modes: tuple[str, ...], variants: tupl
         finally:
             blocked.append(time.perf_counter() - t0)
 
-    def one_more_epoch(run: Any, workdir: str, epoch: int, every: int) -> float:
+    def one_more_epoch(run: Any, workdir: str, epoch: int, every: int) -> tuple[float, float]:
+        """(training images/s, process CPU seconds of the whole `fit` call) of one epoch."""
         c = d.copy_and_resolve_references()
         c.num_epochs, c.checkpoint_every_steps = epoch, every
         w = writers.default_writers(workdir)
+        cpu0 = time.process_time()
         try:
             loop.fit(c, workdir, state=run.host_state, step_fn=run.step_fn, source=run.source,
                      validate=run.validate, rng=run.train_rng, writers=w, tag=run.tag)
         finally:
             w.close()
+        cpu = time.process_time() - cpu0
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            return [json.loads(l) for l in f if '"kind": "epoch"' in l][-1]["images_per_sec"]
+            return [json.loads(l) for l in f if '"kind": "epoch"' in l][-1]["images_per_sec"], cpu
 
     checkpoint.Checkpoints.save = timed_save
     try:
@@ -209,22 +215,29 @@ def checkpoint_overhead(d: Any, tmp: str, modes: tuple[str, ...], variants: tupl
                 with parallel.using(mode):
                     run = train.training_run(d, workdir)
                     one_more_epoch(run, workdir, 1, 0)  # fills the tf.data cache: not timed
-                    epoch, blocks = 1, []
+                    epoch, blocks, cpu_blocks = 1, [], []
                     for _ in range(repeats):
-                        rates = {10: [], 0: []}
+                        rates, cpus = {10: [], 0: []}, {10: [], 0: []}
                         for every in (10, 0, 0, 10):
                             epoch += 1
                             del blocked[:]
-                            rates[every].append(one_more_epoch(run, workdir, epoch, every))
+                            rate, cpu = one_more_epoch(run, workdir, epoch, every)
+                            rates[every].append(rate)
+                            cpus[every].append(cpu)
                             if every:
                                 out.setdefault(f"{name}_save_blocking_ms", []).append(
                                     1000 * float(np.median(blocked[:-1])))  # the last: the epoch end's, untimed
                         blocks.append(100 * (1 - sum(rates[10]) / sum(rates[0])))
+                        cpu_blocks.append(100 * (sum(cpus[10]) / sum(cpus[0]) - 1))
                         out.setdefault(f"{name}_ckpt_every_10_loop_img_s", []).extend(rates[10])
                         out.setdefault(f"{name}_default_loop_img_s", []).extend(rates[0])
+                        out.setdefault(f"{name}_ckpt_every_10_epoch_cpu_s", []).extend(cpus[10])
+                        out.setdefault(f"{name}_default_epoch_cpu_s", []).extend(cpus[0])
                 out[f"{name}_overhead_runs"] = blocks
                 out[f"{name}_checkpoint_overhead_percent_every_10_steps"] = float(np.median(blocks))
                 out[f"{name}_checkpoint_overhead_mean_ci95"] = mean_ci95(blocks)
+                out[f"{name}_checkpoint_cpu_overhead_runs"] = cpu_blocks
+                out[f"{name}_checkpoint_cpu_overhead_mean_ci95"] = mean_ci95(cpu_blocks)
     finally:
         checkpoint.Checkpoints.save, checkpoint.background_default = real_save, real_default
     return out
@@ -232,7 +245,7 @@ def checkpoint_overhead(d: Any, tmp: str, modes: tuple[str, ...], variants: tupl
 
 def loop_rates(size: int, batch: int, data_dir: str | None, repeats: int = 3,
                modes: tuple[str, ...] = ("pmap", "jit"), ckpt_variants: tuple[str, ...] = CKPT_VARIANTS,
-               ckpt_repeats: int = 3, loop_repeats: int = 2) -> dict | None:
+               ckpt_repeats: int = 3, loop_repeats: int = 2, ckpt_only: bool = False) -> dict | None:
     """Per parallel mode (config.parallel), side by side in this process:
     loop_efficiency: the whole loop's training images/s on frozen VGG16 (seed chain
     degradation on device, as in the bare step) / the bare step's, the bare step measured
@@ -241,8 +254,8 @@ def loop_rates(size: int, batch: int, data_dir: str | None, repeats: int = 3,
     of the per-pair ratios, jit / pmap, which drift disturbs least); and
     checkpoint_overhead_percent: the default config's loop (default dataset, 56 steps an
     epoch) with saves every 10 steps vs none but the epoch end's (outside the timing),
-    per `ckpt_variants`, epochs interleaved in one run (see `checkpoint_overhead`).
-    None where TensorFlow (the input pipeline) is missing."""
+    per `ckpt_variants`, epochs interleaved in one run (see `checkpoint_overhead`);
+    `ckpt_only`: that alone. None where TensorFlow (the input pipeline) is missing."""
     import tempfile
 
     try:
@@ -251,35 +264,46 @@ def loop_rates(size: int, batch: int, data_dir: str | None, repeats: int = 3,
         return None
     out: dict = {"devices": jax.device_count()}
     with tempfile.TemporaryDirectory() as tmp:
-        c = benchmark_config("vgg16", size, batch)
-        c.dataset, c.data_dir = "brain_phantom/small", data_dir or os.path.join(tmp, "tfds")
-        c.trainable, c.num_epochs = ("^head/",), 3
-        c.train_degrade = degrade.SEED_CHAIN_CFG
-        c.eval.corruptions, c.early_stopping.enabled = (), False
-        before = flax_rates("vgg16", size, batch, repeats, kinds=("frozen",))["frozen_img_s"]
-        for rep in range(loop_repeats):  # the modes interleaved: this machine's speed drifts
-            for mode in modes:
-                c.parallel = mode
-                out.setdefault(f"{mode}_loop_img_s_runs", []).append(
-                    _loop_images_per_sec(c, os.path.join(tmp, f"vgg_{mode}_{rep}")))
-        after = flax_rates("vgg16", size, batch, repeats, kinds=("frozen",))["frozen_img_s"]
-        out["loop_bare_step_img_s"] = [before, after]
-        for mode in modes:
-            out[f"{mode}_loop_img_s"] = float(np.median(out[f"{mode}_loop_img_s_runs"]))
-            out[f"{mode}_loop_efficiency"] = out[f"{mode}_loop_img_s"] / float(np.mean([before, after]))
-        if len(modes) > 1:  # each pair's ratio, run side by side: the figure drift disturbs least
-            ratios = [b / a for a, b in zip(out[f"{modes[0]}_loop_img_s_runs"], out[f"{modes[1]}_loop_img_s_runs"])]
-            out[f"{modes[1]}_over_{modes[0]}_loop_img_s_runs"] = ratios
-            out[f"{modes[1]}_over_{modes[0]}_loop_img_s"] = float(np.median(ratios))
+        data_dir = data_dir or os.path.join(tmp, "tfds")
+        if not ckpt_only:
+            out.update(_vgg_loop_rates(size, batch, data_dir, tmp, repeats, modes, loop_repeats))
         d = benchmark_config("tiny", 64, 64)  # the default dataset: 56 steps, 5 intra-epoch saves per epoch
-        d.data_dir, d.eval.corruptions = c.data_dir, ()
+        d.data_dir, d.eval.corruptions = data_dir, ()
         d.early_stopping.enabled = False
         out.update(checkpoint_overhead(d, tmp, modes, ckpt_variants, ckpt_repeats))
     lead = f"{modes[0]}_{parallel.checkpoint_source()}"  # the keys of the single-mode benchmark: the default path
     if f"{lead}_checkpoint_overhead_percent_every_10_steps" not in out:
         lead = f"{modes[0]}_{ckpt_variants[0]}"
-    out.update(loop_img_s=out[f"{modes[0]}_loop_img_s"], loop_efficiency=out[f"{modes[0]}_loop_efficiency"],
-               checkpoint_overhead_percent_every_10_steps=out[f"{lead}_checkpoint_overhead_percent_every_10_steps"])
+    out["checkpoint_overhead_percent_every_10_steps"] = out[f"{lead}_checkpoint_overhead_percent_every_10_steps"]
+    if not ckpt_only:
+        out.update(loop_img_s=out[f"{modes[0]}_loop_img_s"], loop_efficiency=out[f"{modes[0]}_loop_efficiency"])
+    return out
+
+
+def _vgg_loop_rates(size: int, batch: int, data_dir: str, tmp: str, repeats: int, modes: tuple[str, ...],
+                    loop_repeats: int) -> dict:
+    """The loop_efficiency part of `loop_rates`."""
+    out: dict = {}
+    c = benchmark_config("vgg16", size, batch)
+    c.dataset, c.data_dir = "brain_phantom/small", data_dir
+    c.trainable, c.num_epochs = ("^head/",), 3
+    c.train_degrade = degrade.SEED_CHAIN_CFG
+    c.eval.corruptions, c.early_stopping.enabled = (), False
+    before = flax_rates("vgg16", size, batch, repeats, kinds=("frozen",))["frozen_img_s"]
+    for rep in range(loop_repeats):  # the modes interleaved: this machine's speed drifts
+        for mode in modes:
+            c.parallel = mode
+            out.setdefault(f"{mode}_loop_img_s_runs", []).append(
+                _loop_images_per_sec(c, os.path.join(tmp, f"vgg_{mode}_{rep}")))
+    after = flax_rates("vgg16", size, batch, repeats, kinds=("frozen",))["frozen_img_s"]
+    out["loop_bare_step_img_s"] = [before, after]
+    for mode in modes:
+        out[f"{mode}_loop_img_s"] = float(np.median(out[f"{mode}_loop_img_s_runs"]))
+        out[f"{mode}_loop_efficiency"] = out[f"{mode}_loop_img_s"] / float(np.mean([before, after]))
+    if len(modes) > 1:  # each pair's ratio, run side by side: the figure drift disturbs least
+        ratios = [b / a for a, b in zip(out[f"{modes[0]}_loop_img_s_runs"], out[f"{modes[1]}_loop_img_s_runs"])]
+        out[f"{modes[1]}_over_{modes[0]}_loop_img_s_runs"] = ratios
+        out[f"{modes[1]}_over_{modes[0]}_loop_img_s"] = float(np.median(ratios))
     return out
 
 
@@ -473,7 +497,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--ckpt_variants", default=",".join(CKPT_VARIANTS),
                     help="--loop_only: save variants to time: host, device, each with _sync for the handover on "
                          "the training thread")
-    ap.add_argument("--ckpt_repeats", type=int, default=3, help="--loop_only: interleaved pairs per variant")
+    ap.add_argument("--ckpt_repeats", type=int, default=3, help="--loop_only: ABBA blocks (4 epochs) per variant")
+    ap.add_argument("--ckpt_only", action="store_true",
+                    help="with --loop_only: the checkpoint overhead alone (no VGG16 loop runs)")
     ap.add_argument("--loop_repeats", type=int, default=2, help="--loop_only: interleaved loop runs per mode")
     ap.add_argument("--dtype", default="float32", help="compute dtype (params stay float32): float32 | bfloat16")
     ap.add_argument("--gpu", action="store_true",
@@ -492,7 +518,8 @@ def main(argv=None) -> dict:
         return result
     if args.loop_only:
         loop = loop_rates(112, args.batch, args.data_dir, repeats, ckpt_variants=tuple(args.ckpt_variants.split(",")),
-                          ckpt_repeats=args.ckpt_repeats, loop_repeats=args.loop_repeats) or {}
+                          ckpt_repeats=args.ckpt_repeats, loop_repeats=args.loop_repeats,
+                          ckpt_only=args.ckpt_only) or {}
         loop.update(device=str(jax.devices()[0]), date=time.strftime("%Y-%m-%d"))
         with open(args.out, "w") as f:
             json.dump(loop, f, indent=2)
