@@ -74,6 +74,13 @@ def test_jit_mode_step_equals_pmap_step_bit_for_bit():
     assert all(moved)  # every parameter trained: the comparison is not of untouched values
 
 
+def _one_donating_step(state, step, batch):
+    """(the compiled state-donating step, the replicated state after one step of it), in
+    the current parallel mode."""
+    fn = parallel.compiled_step(step, donate_state=True)
+    return fn, fn(parallel.replicate(state), parallel.shard(batch), jax.random.key(3))[0]
+
+
 def test_checkpoint_copy_is_a_replicated_device_array_that_outlives_donation(tmp_path):
     """What the loop hands orbax: global device arrays replicated over every device (no
     host copy), still valid after the next step donated the state they were copied
@@ -82,8 +89,7 @@ def test_checkpoint_copy_is_a_replicated_device_array_that_outlives_donation(tmp
     batches = _batches(2)
     for mode in parallel.MODES:
         with parallel.using(mode):
-            fn = parallel.compiled_step(step, donate_state=True)
-            rstate, _ = fn(parallel.replicate(state), parallel.shard(batches[0]), jax.random.key(3))
+            fn, rstate = _one_donating_step(state, step, batches[0])
             copy = parallel.checkpoint_copy(rstate)
             expected = parallel.unreplicate(rstate)
             rstate, _ = fn(rstate, parallel.shard(batches[1]), jax.random.key(3))  # donates the old buffers
@@ -112,8 +118,7 @@ def test_snapshot_is_the_flat_state_and_outlives_donation(tmp_path):
     batches = _batches(2)
     for mode in parallel.MODES:
         with parallel.using(mode):
-            fn = parallel.compiled_step(step, donate_state=True)
-            rstate, _ = fn(parallel.replicate(state), parallel.shard(batches[0]), jax.random.key(3))
+            fn, rstate = _one_donating_step(state, step, batches[0])
             ckpt = checkpoint.Checkpoints(str(tmp_path / mode))
             try:
                 snap = ckpt.snapshot(rstate)
