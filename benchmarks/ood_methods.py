@@ -35,6 +35,9 @@ def feature_fn(model, variables):
         logits, st = model.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
         inter = st["intermediates"]
         res = {"logits": logits, "pooled": inter["pooled"][-1]}
+        head = inter.get("head", {})
+        if "dense_0" in head:  # the penultimate features (input of the logits layer), for ViM
+            res["penult"] = jax.nn.relu(head[sorted(k for k in head if k.startswith("dense_"))[-1]]["__call__"][0])
         for name, sub in sorted(inter["backbone"].items()):
             if not isinstance(sub, dict) or "__call__" not in sub:
                 continue
@@ -75,6 +78,25 @@ def gaussian(x, y, k, shrink=0.1):
     scatter = sum((x[y == c] - mus[c]).T @ (x[y == c] - mus[c]) for c in range(k))
     prec = ood.gaussian_from_moments(mus, scatter, counts, shrink)["precision"]
     return lambda z: np.min(np.einsum("nkd,de,nke->nk", z[:, None] - mus[None], prec, z[:, None] - mus[None]), 1)
+
+
+def background_gaussian(x, shrink=0.1):
+    """One Gaussian for all classes: the background of the relative Mahalanobis distance."""
+    return gaussian(x, np.zeros(len(x), int), 1, shrink)
+
+
+def vim(train_x, w, b, dim):
+    """ViM (Wang et al. 2022): the norm of the feature outside the top-`dim` principal
+    subspace of training features (centred at -pinv(W^T) b), scaled to the logits' size,
+    minus the energy; higher = more out of distribution."""
+    u = -np.linalg.pinv(w.T) @ b
+    xc = train_x - u
+    _, vecs = np.linalg.eigh(xc.T @ xc / len(xc))
+    ns = vecs[:, :-dim] if dim < xc.shape[1] else np.zeros((xc.shape[1], 0))
+    resid = lambda x: np.linalg.norm((x - u) @ ns, axis=1)
+    alpha = np.mean((train_x @ w + b).max(1)) / max(np.mean(resid(train_x)), 1e-12)
+    lse = lambda x: np.log(np.exp((x @ w + b) - (x @ w + b).max(1, keepdims=True)).sum(1)) + (x @ w + b).max(1)
+    return lambda x: alpha * resid(x) - lse(x), lambda x: resid(x)
 
 
 def l2(x):
@@ -136,6 +158,34 @@ def main():
     for name, view in (("pooled (engine mahalanobis)", lambda x: x), ("pooled L2 (mahalanobis_l2)", l2)):
         g = gaussian(view(tr["pooled"]), tr["label"], k)
         row(name, lambda d, g=g, view=view: g(view(d["pooled"])))
+    # Relative Mahalanobis (Ren et al. 2021): class distance minus a class-agnostic one.
+    grams = [key for key in sorted(tr) if key.endswith("/gram")]
+    for key, view in [("pooled", l2)] + [(key, lambda x: x) for key in grams]:
+        g, bg = gaussian(view(tr[key]), tr["label"], k), background_gaussian(view(tr[key]))
+        row(f"relative MD {key}", lambda d, g=g, bg=bg, view=view, key=key: g(view(d[key])) - bg(view(d[key])))
+    # ViM on the penultimate features with the logits layer's weights.
+    if "penult" in tr:
+        w = np.asarray(variables["params"]["head"]["logits"]["kernel"], np.float64)
+        b = np.asarray(variables["params"]["head"]["logits"]["bias"], np.float64)
+        for dim in (16, 32, 64):
+            if dim < tr["penult"].shape[1]:
+                score, resid = vim(tr["penult"], w, b, dim)
+                row(f"ViM penultimate D={dim}", lambda d, score=score: score(d["penult"]))
+                row(f"  residual only D={dim}", lambda d, resid=resid: resid(d["penult"]))
+        g = gaussian(l2(tr["penult"]), tr["label"], k)
+        row("penultimate L2 mahalanobis", lambda d, g=g: g(l2(d["penult"])))
+    # Max of scores, each standardised by its training-split scores: a low-level space
+    # (sees other scanners) with the pooled one (sees test_dedup).
+    def standardised(g, f):
+        s = g(f(tr))
+        return lambda d: (g(f(d)) - s.mean()) / s.std()
+    pooled_l2 = standardised(gaussian(l2(tr["pooled"]), tr["label"], k), lambda d: l2(d["pooled"]))
+    for layer in layers:
+        for kind, keys in (("mean+std", [f"{layer}/mean", f"{layer}/std"]), ("gram", [f"{layer}/gram"])):
+            if all(key in tr for key in keys):
+                f = on(keys)
+                low = standardised(gaussian(f(tr), tr["label"], k), f)
+                row(f"max(pooled L2, {layer} {kind})", lambda d, low=low: np.maximum(pooled_l2(d), low(d)))
     bank = l2(tr["pooled"])
     for n in (1, 10, 50):
         row(f"kNN k={n} pooled", lambda d, n=n: -np.sort(l2(d["pooled"]) @ bank.T, axis=1)[:, -n])

@@ -258,6 +258,7 @@ class Checkpoints:
         self._worker = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="brainjax-checkpoint")
                         if self.background else None)
         self._in_flight: tuple[int, concurrent.futures.Future] | None = None
+        self._best_flat: tuple[Any, Flat] | None = None  # (the `best` object, its Flat)
 
     def snapshot(self, rstate: Any) -> Any:
         """What the training thread hands `save` for the replicated training state (laid
@@ -304,7 +305,8 @@ class Checkpoints:
 
     def _save_now(self, step: int, state: Any, best: Any, loop: dict, host_copy: bool) -> None:
         if self.flat:
-            state, best = (x if isinstance(x, Flat) else Flat(flatten(x), x) for x in (state, best))
+            state = state if isinstance(state, Flat) else Flat(flatten(state), state)
+            best = self._flat_best(best)
             layout = {"state": layout_of(state.like), "best": layout_of(best.like)}
             state, best = state.arrays, best.arrays  # on device for device arrays
         if host_copy:
@@ -319,6 +321,16 @@ class Checkpoints:
         if not saved:
             raise RuntimeError(f"orbax did not save step {step} in {self.directory} "
                                f"(existing steps {self.manager.all_steps()})")
+
+    def _flat_best(self, best: Any) -> Flat:
+        """`best` in the flat format, flattened once per object: the loop hands the same
+        `best` to every save until validation improves (then a new object), so later saves
+        reuse its concatenation. The loop never changes a `best` in place."""
+        if isinstance(best, Flat):
+            return best
+        if self._best_flat is None or self._best_flat[0] is not best:
+            self._best_flat = (best, Flat(flatten(best), best))
+        return self._best_flat[1]
 
     def _read_step(self, step: int, templates: dict[str, Any], sharding: jax.sharding.Sharding) -> dict:
         """{name: tree for each template, 'loop': dict} of `step`, in either format. A

@@ -69,6 +69,25 @@ def test_flat_step_holds_one_array_per_dtype_and_restores_exactly(tmp_path, on_d
     assert loop == {"epoch": 5}
 
 
+def test_an_unchanged_best_is_flattened_once_and_a_new_best_is_saved(tmp_path, monkeypatch):
+    flattened = []
+    real_flatten = checkpoint.flatten
+    monkeypatch.setattr(checkpoint, "flatten", lambda tree: flattened.append(tree) or real_flatten(tree))
+    state, best_a, best_b = _tree(0), _tree(1)["params"], _tree(2)["params"]
+    ckpt = checkpoint.Checkpoints(str(tmp_path), keep=3)
+    try:
+        for step, best in ((1, best_a), (2, best_a), (3, best_b)):
+            ckpt.save(step, state, best, {"epoch": step})
+            ckpt.wait()
+            if step == 2:  # the same object twice: flattened once, and the step holds it
+                assert sum(t is best_a for t in flattened) == 1
+                _assert_same(ckpt.restore_best(_tree(8)["params"])[0], best_a)
+        assert sum(t is best_b for t in flattened) == 1
+        _assert_same(ckpt.restore_best(_tree(8)["params"])[0], best_b)
+    finally:
+        ckpt.close()
+
+
 def test_another_model_with_the_same_sizes_is_refused_by_leaf_name(tmp_path):
     """A (8, 4) kernel where the checkpoint has (4, 8): the flat float32 array has the
     same length, so only the stored layout can tell. The error names the leaf and no
