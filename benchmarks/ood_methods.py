@@ -11,6 +11,11 @@ training split) on (a) the channel means, (b) channel means and standard deviati
 (d) a 4x4 spatial pooling of a stage; the sum of the per-layer (b) scores, each
 standardised by its training-split scores; kNN (k-th cosine similarity to the training
 bank) on pooled features; and the engine's pooled-feature Mahalanobis (raw, L2).
+Added in session 19: the relative Mahalanobis distance (Ren et al. 2021: the class
+distance minus that of one Gaussian over all classes) on pooled L2 and on each Gram
+space; ViM (Wang et al. 2022) and its residual alone on the penultimate features; the
+penultimate L2 Mahalanobis; and the max of the pooled L2 score and one low-level score,
+each standardised by its training-split scores.
 
   python benchmarks/ood_methods.py --workdir=/tmp/runs/sj [--ood_dir=../shared/data/other_sequences]
 """
