@@ -500,6 +500,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--ckpt_repeats", type=int, default=3, help="--loop_only: ABBA blocks (4 epochs) per variant")
     ap.add_argument("--ckpt_only", action="store_true",
                     help="with --loop_only: the checkpoint overhead alone (no VGG16 loop runs)")
+    ap.add_argument("--modes", default="pmap,jit", help="--loop_only: parallel modes to time, in this order")
     ap.add_argument("--loop_repeats", type=int, default=2, help="--loop_only: interleaved loop runs per mode")
     ap.add_argument("--dtype", default="float32", help="compute dtype (params stay float32): float32 | bfloat16")
     ap.add_argument("--gpu", action="store_true",
@@ -519,7 +520,7 @@ def main(argv=None) -> dict:
     if args.loop_only:
         loop = loop_rates(112, args.batch, args.data_dir, repeats, ckpt_variants=tuple(args.ckpt_variants.split(",")),
                           ckpt_repeats=args.ckpt_repeats, loop_repeats=args.loop_repeats,
-                          ckpt_only=args.ckpt_only) or {}
+                          ckpt_only=args.ckpt_only, modes=tuple(args.modes.split(","))) or {}
         loop.update(device=str(jax.devices()[0]), date=time.strftime("%Y-%m-%d"))
         with open(args.out, "w") as f:
             json.dump(loop, f, indent=2)
