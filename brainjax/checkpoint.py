@@ -1,19 +1,23 @@
 """Orbax checkpoints: one manager, one atomic step directory holding everything.
 
-<workdir>/checkpoints/<step>/ holds four items, committed together by orbax's atomic
+<workdir>/checkpoints/<step>/ holds two items, committed together by orbax's atomic
 rename (a half-written step is a temporary directory that is never restored):
-  state_flat  the full TrainState (params, batch_stats, optimizer state, step, lr_scale)
-  best_flat   {params, batch_stats} of the epoch with the lowest validation loss so far
-  layout      JSON: for each of the two, every leaf's path, shape and dtype, in order
-  loop        JSON: epoch, position in the epoch, plateau / early-stopping counters, the
-              running training totals of the current epoch
-A `*_flat` item is one 1-D array per dtype: the leaves raveled and concatenated in
-`jax.tree.leaves` order. Orbax's save and restore cost is per array, not per byte (the
-default model's 171 arrays: ~190 ms CPU per save; the same floats as two arrays: ~45
-ms; benchmarks/checkpoint_array_count.py), so the flat items are what keeps a save
-cheap on a busy host. Restore checks the stored layout against the model the config
-builds, leaf by leaf, before reading an array, and names the first difference. Steps
-written before this format (items `state` and `best` as orbax trees) are still read.
+  flat  arrays: {"state": the full TrainState (params, batch_stats, optimizer state,
+        step, lr_scale), "best": {params, batch_stats} of the epoch with the lowest
+        validation loss so far}, each in the flat format below
+  meta  JSON: {"layout": for each of the two, every leaf's path, shape and dtype, in
+        order; "loop": epoch, position in the epoch, plateau / early-stopping counters,
+        the running training totals of the current epoch}
+The flat format of a tree is one 1-D array per dtype: the leaves raveled and
+concatenated in `jax.tree.leaves` order. Orbax's save and restore cost is per array and
+per item, not per byte (the default model's 171 arrays: ~190 ms CPU per save; the same
+floats as two arrays: ~45 ms, benchmarks/checkpoint_array_count.py; the four items of
+sessions 13-18 as two: ~40% less again, BUILD_NOTES session 19), so the flat format in
+two items is what keeps a save cheap on a busy host. Restore checks the stored layout
+against the model the config builds, leaf by leaf, before reading an array, and names
+the first difference. Steps written in the earlier formats are still read: four items
+(`state_flat`, `best_flat`, `layout`, `loop`; sessions 13-18) and the tree format
+(`state` and `best` as orbax trees, one array per leaf).
 Restore never deletes: a step orbax positively reports as incomplete or corrupted is
 renamed `<step>.unreadable` and the previous one used; any other error (an I/O error
 from flaky storage, a MemoryError, a reworded message) stops the run with the files in
@@ -23,7 +27,8 @@ no crash point can leave them naming different epochs (two managers saved one af
 other could). Saves are asynchronous: the training thread hands over a device-side
 snapshot of the replicated state, already concatenated per dtype on device in the same
 dispatch (`Checkpoints.snapshot`); the save copies it to the host first or lets orbax do
-it (`config.checkpoint_from`), and orbax writes in the background. Restores place the arrays with an explicit target
+it (`config.checkpoint_from`), and the files are written in the background (on the
+`Checkpoints` worker thread with one process, by orbax's asynchronous save with several). Restores place the arrays with an explicit target
 sharding (replicated over every device to resume training; one device for inference),
 so a checkpoint saved on another topology restores safely. Inference restores `best` alone,
 so it works whatever optimizer or trainable set the run was trained with.
@@ -134,6 +139,19 @@ def unflatten(flat: dict[str, jax.Array], template: Any, sharding: jax.sharding.
     return _split_jit(jax.tree.structure(template), spec, sharding)(flat)
 
 
+def _flat_targets(stored: dict[str, list[list]], templates: dict[str, Any],
+                  sharding: jax.sharding.Sharding) -> dict[str, dict[str, jax.ShapeDtypeStruct]]:
+    """Restore targets of the flat arrays of each template, after checking the stored
+    layout against it (`LayoutMismatch` names the first leaf that differs)."""
+    targets = {}
+    for name, template in templates.items():
+        wanted = layout_of(template)
+        compare_layouts(stored[name], wanted, name)
+        targets[name] = {dtype: jax.ShapeDtypeStruct((size,), jnp.dtype(dtype), sharding=sharding)
+                         for dtype, size in _flat_spec(wanted)[1].items()}
+    return targets
+
+
 def compare_layouts(stored: list[list], wanted: list[list], what: str) -> None:
     """Raises `LayoutMismatch` naming the first leaf where the stored layout of `what`
     differs from the `wanted` one (`layout_of` the template), or the leaf counts."""
@@ -226,7 +244,9 @@ def item_handlers() -> dict[str, ocp.CheckpointHandler]:
     are still read. OCDBT stays on: without it orbax still runs its merge at every save
     and logs a warning that there was nothing to merge."""
     flat = functools.partial(ocp.PyTreeCheckpointHandler, use_compression=False)
-    return {"state_flat": flat(), "best_flat": flat(), "layout": ocp.JsonCheckpointHandler(),
+    return {"flat": flat(), "meta": ocp.JsonCheckpointHandler(),
+            # the earlier formats, read only: four items (sessions 13-18), the tree format
+            "state_flat": flat(), "best_flat": flat(), "layout": ocp.JsonCheckpointHandler(),
             "loop": ocp.JsonCheckpointHandler(), "state": ocp.StandardCheckpointHandler(),
             "best": ocp.StandardCheckpointHandler()}
 
@@ -236,7 +256,8 @@ class Checkpoints:
 
     With `background` (default: one process, see `background_default`), `save` returns
     as soon as a worker thread owns the arrays: the worker makes the host copy (when
-    asked) and calls orbax, whose own thread writes the files. One save is in flight at a
+    asked) and calls orbax, which writes the files on that worker (synchronously: no
+    orbax thread of its own; without the worker, orbax's asynchronous save). One save is in flight at a
     time: the next `save`, `wait`, `latest_step` or `close` first waits for it and raises
     its error, if any. A storage error (OSError), on either thread, becomes a `SaveError`
     naming the step (the steps before it stay on disk); anything else (a lost peer
@@ -250,11 +271,15 @@ class Checkpoints:
         Both formats are always read."""
         self.flat = bool(flat)
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.background = background_default() if background is None else bool(background)
+        # With the background worker, orbax writes synchronously on it: the training
+        # thread is already free, and orbax's own async commit would start two more
+        # threads per save (~5 ms CPU each save; BUILD_NOTES session 19).
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=not self.background),
             item_handlers=item_handlers())
-        self.background = background_default() if background is None else bool(background)
         self._worker = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="brainjax-checkpoint")
                         if self.background else None)
         self._in_flight: tuple[int, concurrent.futures.Future] | None = None
@@ -311,9 +336,9 @@ class Checkpoints:
             state, best = state.arrays, best.arrays  # on device for device arrays
         if host_copy:
             state, best = jax.device_get(state), jax.device_get(best)
-        if self.flat:
-            args = ocp.args.Composite(state_flat=ocp.args.PyTreeSave(state), best_flat=ocp.args.PyTreeSave(best),
-                                      layout=ocp.args.JsonSave(layout), loop=ocp.args.JsonSave(loop))
+        if self.flat:  # two items: orbax's cost is per item as much as per array
+            args = ocp.args.Composite(flat=ocp.args.PyTreeSave({"state": state, "best": best}),
+                                      meta=ocp.args.JsonSave({"layout": layout, "loop": loop}))
         else:
             args = ocp.args.Composite(state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best),
                                       loop=ocp.args.JsonSave(loop))
@@ -333,23 +358,29 @@ class Checkpoints:
         return self._best_flat[1]
 
     def _read_step(self, step: int, templates: dict[str, Any], sharding: jax.sharding.Sharding) -> dict:
-        """{name: tree for each template, 'loop': dict} of `step`, in either format. A
-        flat step's layout is compared with the templates before any array is read."""
-        if not os.path.isdir(os.path.join(self.directory, str(step), "layout")):  # the earlier tree format
+        """{name: tree for each template, 'loop': dict} of `step`, in any format. A flat
+        step's layout is compared with the templates before any array is read, and only
+        the arrays of the templates asked for are read (inference reads `best` alone)."""
+        step_dir = os.path.join(self.directory, str(step))
+        if os.path.isdir(os.path.join(step_dir, "meta")):
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            target = _flat_targets(meta["layout"], templates, sharding)
+            flat = self.manager.restore(step, args=ocp.args.Composite(flat=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True)))["flat"]
+            out = {name: unflatten(flat[name], template, sharding) for name, template in templates.items()}
+            out["loop"] = meta["loop"]
+            return out
+        if not os.path.isdir(os.path.join(step_dir, "layout")):  # the tree format
             return self.manager.restore(step, args=ocp.args.Composite(
                 loop=ocp.args.JsonRestore(),
                 **{name: ocp.args.StandardRestore(_abstract(t, sharding)) for name, t in templates.items()}))
         meta = self.manager.restore(step, args=ocp.args.Composite(layout=ocp.args.JsonRestore(),
                                                                   loop=ocp.args.JsonRestore()))
-        targets = {}
-        for name, template in templates.items():
-            wanted = layout_of(template)
-            compare_layouts(meta["layout"][name], wanted, name)
-            target = {dtype: jax.ShapeDtypeStruct((size,), jnp.dtype(dtype), sharding=sharding)
-                      for dtype, size in _flat_spec(wanted)[1].items()}
-            targets[f"{name}_flat"] = ocp.args.PyTreeRestore(
-                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
-        flat = self.manager.restore(step, args=ocp.args.Composite(**targets))
+        target = _flat_targets(meta["layout"], templates, sharding)  # four items (sessions 13-18)
+        flat = self.manager.restore(step, args=ocp.args.Composite(**{
+            f"{name}_flat": ocp.args.PyTreeRestore(item=t, restore_args=ocp.checkpoint_utils.construct_restore_args(t))
+            for name, t in target.items()}))
         out = {name: unflatten(flat[f"{name}_flat"], template, sharding) for name, template in templates.items()}
         out["loop"] = meta["loop"]
         return out

@@ -57,12 +57,13 @@ def test_flat_step_holds_one_array_per_dtype_and_restores_exactly(tmp_path, on_d
     given = jax.tree.map(jax.numpy.asarray, state) if on_device else state
     _save(str(tmp_path), 5, given, best)
     step_dir = tmp_path / "checkpoints" / "5"
-    assert sorted(p.name for p in step_dir.iterdir() if p.is_dir()) == ["best_flat", "layout", "loop", "state_flat"]
+    assert sorted(p.name for p in step_dir.iterdir() if p.is_dir()) == ["flat", "meta"]
     manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"))
-    raw = manager.restore(5, args=ocp.args.Composite(state_flat=ocp.args.StandardRestore()))["state_flat"]
+    raw = manager.restore(5, args=ocp.args.Composite(flat=ocp.args.StandardRestore()))["flat"]
     manager.close()
-    assert sorted(raw) == ["bool", "float32", "int32"]  # 6 leaves, 3 arrays
-    assert raw["float32"].shape == (4 * 8 + 8 + 1,)
+    assert sorted(raw["state"]) == ["bool", "float32", "int32"]  # 6 leaves, 3 arrays
+    assert raw["state"]["float32"].shape == (4 * 8 + 8 + 1,)
+    assert sorted(raw["best"]) == ["float32"] and raw["best"]["float32"].shape == (4 * 8 + 8 + 1,)
     restored_state, restored_best, loop = _restore(str(tmp_path), _tree(7), _tree(8)["params"])
     _assert_same(restored_state, state)
     _assert_same(restored_best, best)
@@ -121,10 +122,10 @@ def test_a_step_of_the_earlier_tree_format_is_still_read(tmp_path):
         ckpt.close()
 
 
-def test_a_flat_step_saved_compressed_is_still_read(tmp_path):
-    """Flat steps written before the flat items were stored uncompressed (orbax's default
-    handler, compressed) resume: the reader takes the codec each array records. The
-    newer step is the uncompressed one, and is restored."""
+def test_a_four_item_flat_step_saved_compressed_is_still_read(tmp_path):
+    """Flat steps written in four items and compressed (orbax's default handler), as
+    sessions 13-17 wrote them, resume: the reader takes the codec each array records. The
+    newer step is in two items, uncompressed, and is restored."""
     old_state, new_state = _tree(0), _tree(1)
     manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"))  # the earlier writer, as it was
     manager.save(1, args=ocp.args.Composite(
@@ -143,8 +144,10 @@ def test_a_flat_step_saved_compressed_is_still_read(tmp_path):
     _save(str(tmp_path), 2, new_state, new_state["params"])
     _assert_same(_restore(str(tmp_path), _tree(9), _tree(9)["params"])[0], new_state)
     assert compressed["use_ocdbt"]
-    codecs = {step: _codecs(tmp_path / "checkpoints" / str(step) / "state_flat") for step in (1, 2)}
-    assert sorted(codecs[1]) == sorted(codecs[2]) == ["bool", "float32", "int32"]
+    codecs = {1: _codecs(tmp_path / "checkpoints" / "1" / "state_flat"),
+              2: _codecs(tmp_path / "checkpoints" / "2" / "flat")}
+    assert sorted(codecs[1]) == ["bool", "float32", "int32"]
+    assert sorted(codecs[2]) == ["best.float32", "state.bool", "state.float32", "state.int32"]
     assert all(c is not None for c in codecs[1].values()), codecs  # the old step really is compressed
     assert all(c is None for c in codecs[2].values()), codecs
 
@@ -162,7 +165,7 @@ def _codecs(item_dir):
 def test_a_truncated_layout_sets_the_step_aside_and_uses_the_previous(tmp_path, caplog):
     _save(str(tmp_path), 1, _tree(0), _tree(0)["params"])
     _save(str(tmp_path), 2, _tree(1), _tree(1)["params"])
-    layout_dir = tmp_path / "checkpoints" / "2" / "layout"
+    layout_dir = tmp_path / "checkpoints" / "2" / "meta"  # the layout's JSON
     for f in layout_dir.rglob("*"):
         if f.is_file():
             f.write_bytes(f.read_bytes()[: max(len(f.read_bytes()) // 3, 1)])
