@@ -100,8 +100,12 @@ def vim(train_x, w, b, dim):
     ns = vecs[:, :-dim] if dim < xc.shape[1] else np.zeros((xc.shape[1], 0))
     resid = lambda x: np.linalg.norm((x - u) @ ns, axis=1)
     alpha = np.mean((train_x @ w + b).max(1)) / max(np.mean(resid(train_x)), 1e-12)
-    lse = lambda x: np.log(np.exp((x @ w + b) - (x @ w + b).max(1, keepdims=True)).sum(1)) + (x @ w + b).max(1)
-    return lambda x: alpha * resid(x) - lse(x), lambda x: resid(x)
+
+    def energy(x):  # logsumexp of the logits
+        z = x @ w + b
+        top = z.max(1)
+        return top + np.log(np.exp(z - top[:, None]).sum(1))
+    return lambda x: alpha * resid(x) - energy(x), resid
 
 
 def l2(x):

@@ -268,7 +268,7 @@ class Checkpoints:
         """`flat=False` writes the earlier tree format (one orbax array per leaf): kept
         so benchmarks/checkpoint_handover.py and checkpoint_array_count.py can time both
         formats side by side, and so tests can make the steps an earlier version wrote.
-        Both formats are always read."""
+        Every format is always read."""
         self.flat = bool(flat)
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.background = background_default() if background is None else bool(background)
@@ -362,26 +362,25 @@ class Checkpoints:
         step's layout is compared with the templates before any array is read, and only
         the arrays of the templates asked for are read (inference reads `best` alone)."""
         step_dir = os.path.join(self.directory, str(step))
-        if os.path.isdir(os.path.join(step_dir, "meta")):
+        if os.path.isdir(os.path.join(step_dir, "meta")):  # two items (since session 19)
             meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
             target = _flat_targets(meta["layout"], templates, sharding)
             flat = self.manager.restore(step, args=ocp.args.Composite(flat=ocp.args.PyTreeRestore(
                 item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                 partial_restore=True)))["flat"]
-            out = {name: unflatten(flat[name], template, sharding) for name, template in templates.items()}
-            out["loop"] = meta["loop"]
-            return out
-        if not os.path.isdir(os.path.join(step_dir, "layout")):  # the tree format
+        elif os.path.isdir(os.path.join(step_dir, "layout")):  # four items (sessions 13-18)
+            meta = self.manager.restore(step, args=ocp.args.Composite(layout=ocp.args.JsonRestore(),
+                                                                      loop=ocp.args.JsonRestore()))
+            target = _flat_targets(meta["layout"], templates, sharding)
+            items = self.manager.restore(step, args=ocp.args.Composite(**{
+                f"{name}_flat": ocp.args.PyTreeRestore(item=t, restore_args=ocp.checkpoint_utils.construct_restore_args(t))
+                for name, t in target.items()}))
+            flat = {name: items[f"{name}_flat"] for name in target}
+        else:  # the tree format
             return self.manager.restore(step, args=ocp.args.Composite(
                 loop=ocp.args.JsonRestore(),
                 **{name: ocp.args.StandardRestore(_abstract(t, sharding)) for name, t in templates.items()}))
-        meta = self.manager.restore(step, args=ocp.args.Composite(layout=ocp.args.JsonRestore(),
-                                                                  loop=ocp.args.JsonRestore()))
-        target = _flat_targets(meta["layout"], templates, sharding)  # four items (sessions 13-18)
-        flat = self.manager.restore(step, args=ocp.args.Composite(**{
-            f"{name}_flat": ocp.args.PyTreeRestore(item=t, restore_args=ocp.checkpoint_utils.construct_restore_args(t))
-            for name, t in target.items()}))
-        out = {name: unflatten(flat[f"{name}_flat"], template, sharding) for name, template in templates.items()}
+        out = {name: unflatten(flat[name], template, sharding) for name, template in templates.items()}
         out["loop"] = meta["loop"]
         return out
 

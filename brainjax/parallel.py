@@ -190,8 +190,8 @@ CHECKPOINT_FROM = ("auto", "device", "host")
 
 def checkpoint_source(choice: str = "auto") -> str:
     """'device' or 'host' for config.checkpoint_from: 'auto' is 'host' on the CPU backend
-    (measured CPU per save of the default state, flat format, 4 CPU devices: host 41-48
-    ms, device 51-63 ms; benchmarks/checkpoint_handover.py, session 18) and 'device' on
+    (measured CPU per save of the default state, flat format, 4 CPU devices: host 28-33
+    ms, device 35 ms; benchmarks/checkpoint_handover.py, session 19) and 'device' on
     accelerators, where orbax overlaps the transfers with the writes."""
     if choice not in CHECKPOINT_FROM:
         from brainjax.errors import UserError
