@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from brainjax import baselines, degrade, feature_cache, models, parallel, steps, xla_flags
+from brainjax import baselines, degrade, feature_cache, files, models, parallel, steps, xla_flags
 from brainjax import state as state_lib
 from brainjax.baselines import median_rate
 
@@ -481,6 +481,10 @@ def print_table(rows: dict) -> None:
               + f"{_fmt(r.get('eval_img_s')):>16s}")
 
 
+# An earlier result of this benchmark (its --out may be replaced by the next run).
+PREVIOUS_RESULT = files.json_with_keys("device", "date")
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -514,16 +518,14 @@ def main(argv=None) -> dict:
     if args.export:
         result = {"device": str(jax.devices()[0]), "date": time.strftime("%Y-%m-%d"),
                   "export_latency": export_latency(repeats=max(repeats, 20))}
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        files.write_json(args.out, result, previous=PREVIOUS_RESULT)
         return result
     if args.loop_only:
         loop = loop_rates(112, args.batch, args.data_dir, repeats, ckpt_variants=tuple(args.ckpt_variants.split(",")),
                           ckpt_repeats=args.ckpt_repeats, loop_repeats=args.loop_repeats,
                           ckpt_only=args.ckpt_only, modes=tuple(args.modes.split(","))) or {}
         loop.update(device=str(jax.devices()[0]), date=time.strftime("%Y-%m-%d"))
-        with open(args.out, "w") as f:
-            json.dump(loop, f, indent=2)
+        files.write_json(args.out, loop, previous=PREVIOUS_RESULT)
         print(json.dumps(loop, indent=2))
         return loop
     if args.gpu:
@@ -585,8 +587,7 @@ def main(argv=None) -> dict:
                   f"{loop['checkpoint_overhead_percent_every_10_steps']:.1f}% of the default config's "
                   "training rate", flush=True)
     result["peak_host_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    files.write_json(args.out, result, previous=PREVIOUS_RESULT)
     print_table(rows)
     print(json.dumps({k: v for k, v in result.items() if k != "brainjax"}, indent=2))
     return result

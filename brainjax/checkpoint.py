@@ -218,6 +218,29 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0][:240]}" if text else type(err).__name__
 
 
+def newest_meta(workdir: str) -> tuple[int, dict] | None:
+    """(step, meta JSON) of the newest committed step whose meta item reads, without
+    opening a manager (which would create the folder): what the resume check compares a
+    config with before any work. None when there is no such step (no checkpoints, or
+    only the earlier formats, which carry no run record)."""
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return None
+    for step in sorted((int(d) for d in os.listdir(directory) if d.isdigit()), reverse=True):
+        try:
+            with open(os.path.join(directory, str(step), "meta", "metadata")) as f:
+                return step, json.load(f)
+        except (OSError, ValueError):
+            continue  # unreadable or another format: restore decides what to do with it
+    return None
+
+
+def has_steps(workdir: str) -> bool:
+    """Whether <workdir>/checkpoints holds a committed step of any format."""
+    directory = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
+
+
 class CheckpointError(UserError):
     """A checkpoint could not be restored and nothing was changed on disk."""
 
@@ -264,12 +287,15 @@ class Checkpoints:
     process) is raised as it came, for `run.fail` to name.
     """
 
-    def __init__(self, workdir: str, keep: int = 2, background: bool | None = None, flat: bool = True):
+    def __init__(self, workdir: str, keep: int = 2, background: bool | None = None, flat: bool = True,
+                 record: dict | None = None):
         """`flat=False` writes the earlier tree format (one orbax array per leaf): kept
         so benchmarks/checkpoint_handover.py and checkpoint_array_count.py can time both
         formats side by side, and so tests can make the steps an earlier version wrote.
-        Every format is always read."""
+        Every format is always read. `record`: what the run is (`run_record.record`),
+        stored in every step's meta item for the resume check."""
         self.flat = bool(flat)
+        self.record = record
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.background = background_default() if background is None else bool(background)
         # With the background worker, orbax writes synchronously on it: the training
@@ -338,7 +364,8 @@ class Checkpoints:
             state, best = jax.device_get(state), jax.device_get(best)
         if self.flat:  # two items: orbax's cost is per item as much as per array
             args = ocp.args.Composite(flat=ocp.args.PyTreeSave({"state": state, "best": best}),
-                                      meta=ocp.args.JsonSave({"layout": layout, "loop": loop}))
+                                      meta=ocp.args.JsonSave({"layout": layout, "loop": loop,
+                                                              **({"run": self.record} if self.record else {})}))
         else:
             args = ocp.args.Composite(state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best),
                                       loop=ocp.args.JsonSave(loop))

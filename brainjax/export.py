@@ -22,8 +22,12 @@ the named uint8 signature; TFLite from the JAX function with TF ops allowed wher
 builtin set has none. The converters are optional dependencies: nothing here is imported
 by `import brainjax`, and each is imported only for its format.
 
-Nothing is half-written: every format is written to a temporary name beside the output
-and renamed into place at the end; bad input is one clear error.
+Nothing is half-written and nothing is lost: every format is written to a temporary
+folder beside the output and renamed into place at the end (files.replace_path). An
+existing --out (or its sidecar) is an error, unless --overwrite is given and it is a
+previous export (recognised by its sidecar); an --out that is the run folder, its
+checkpoints, config or reports is refused. Bad input is one clear error, before the
+slow part.
 """
 
 from __future__ import annotations
@@ -33,9 +37,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from typing import Any, Callable, Sequence
 
 import jax
@@ -43,7 +45,7 @@ import jax.numpy as jnp
 import ml_collections
 
 import brainjax
-from brainjax import inference
+from brainjax import files, inference, preflight
 from brainjax.errors import UserError, missing_extra
 
 log = logging.getLogger("brainjax")
@@ -121,8 +123,7 @@ def export_tflite(fn: Callable, size: int, path: str, names: Sequence[str]) -> N
     concrete = module.serve.get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
-    with open(path, "wb") as f:
-        f.write(converter.convert())
+    files.write_bytes(path, converter.convert())
 
 
 EXPORTERS = {"onnx": export_onnx, "savedmodel": export_savedmodel, "tflite": export_tflite}
@@ -155,13 +156,19 @@ def sidecar(config: ml_collections.ConfigDict, workdir: str, fmt: str, class_nam
            "config_sha256": config_hash}
     report = os.path.join(workdir, "report.json")
     if os.path.isfile(report):
-        with open(report) as f:
-            r = json.load(f)
-        out["report"] = {"dataset": r.get("dataset"), "split": r.get("split"), "num_examples": r.get("num_examples"),
-                         "clean_accuracy": r["summary"]["clean_accuracy"],
-                         "clean_macro_f1": r["summary"]["clean_macro_f1"],
-                         "mean_corruption_accuracy": r["summary"].get("mean_degraded_accuracy")}
+        out["report"] = report_summary(files.read_json(report, "the run's report"), report)
     return out
+
+
+def report_summary(r: dict, path: str) -> dict:
+    """The sidecar's headline figures from report.json; one line when it lacks them."""
+    try:
+        return {"dataset": r.get("dataset"), "split": r.get("split"), "num_examples": r.get("num_examples"),
+                "clean_accuracy": r["summary"]["clean_accuracy"], "clean_macro_f1": r["summary"]["clean_macro_f1"],
+                "mean_corruption_accuracy": r["summary"].get("mean_degraded_accuracy")}
+    except (KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"{path} lacks {err} (not a report brainjax wrote); rerun --mode=evaluate to write it "
+                        "again") from None
 
 
 def abstention_entry(calibration: dict) -> dict:
@@ -186,51 +193,85 @@ def abstention_entry(calibration: dict) -> dict:
     return entry
 
 
-def _staging_dir(out: str) -> str:
-    """A temporary folder beside `out` (same filesystem: the final rename is atomic)."""
-    parent = os.path.dirname(os.path.abspath(out)) or "."
+def is_previous_export(path: str) -> bool:
+    """An earlier export: `path` with its sidecar `<path>.json` naming a format."""
+    sidecar_path = path + ".json"
+    if not os.path.isfile(sidecar_path):
+        return False
+    try:
+        with open(sidecar_path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("format") in FORMATS and "brainjax_version" in record
+
+
+def check_target(workdir: str, out: str, overwrite: bool) -> None:
+    """Before any work: `out` and `<out>.json` are new, or (with --overwrite) a previous
+    export; never the run's own folder, checkpoints, config or reports."""
+    run = os.path.realpath(workdir)
+    for path in (out, out + ".json"):
+        real = os.path.realpath(path)
+        if real == run or run.startswith(real.rstrip(os.sep) + os.sep):
+            raise UserError(f"--out={out}: {path} is the run folder {workdir} or holds it; export beside it or "
+                            "into <workdir>/export/")
+        if real.startswith(os.path.join(run, "checkpoints") + os.sep) or real == os.path.join(run, "checkpoints"):
+            raise UserError(f"--out={out} is inside the run's checkpoints; choose another path")
+        if os.path.dirname(real) == run and os.path.basename(real) in RUN_FILES:
+            raise UserError(f"--out={out}: {path} is the run's {os.path.basename(real)}; choose another path")
+    existing = [p for p in (out, out + ".json") if os.path.lexists(p)]
+    if existing and not overwrite:
+        raise UserError(f"--out={out}: {existing[0]} exists; brainjax never overwrites it (pass --overwrite to "
+                        "replace a previous export, recognised by its sidecar, or choose another --out)")
+    if existing and not is_previous_export(out):
+        raise UserError(f"--out={out}: {existing[0]} exists and is not a brainjax export (no sidecar {out}.json "
+                        "naming a format); --overwrite replaces only previous exports: choose another --out")
+    parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise UserError(f"--out={out}: the folder {parent} does not exist; create it or choose another path")
-    try:
-        return tempfile.mkdtemp(prefix=".export-", dir=parent)
-    except OSError as err:
-        raise UserError(f"--out={out}: the folder {parent} is not writable ({err.strerror}); "
-                        "choose another path") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out={out}: the folder {parent} is not writable; choose another path")
 
 
-def export(workdir: str, fmt: str, out: str | None = None) -> str:
-    """Exports the best checkpoint of `workdir`; returns the output path."""
+# The run folder's own files an --out or its sidecar must never be.
+RUN_FILES = ("config.json", "config", "report.json", "report", "calibration.json", "calibration", "metrics.jsonl",
+             "ood_stats.npz", "tb")
+
+
+def export(workdir: str, fmt: str, out: str | None = None, overwrite: bool = False) -> str:
+    """Exports the best checkpoint of `workdir`; returns the output path. An existing
+    `out` is an error unless `overwrite` and it is a previous export."""
     if fmt not in EXPORTERS:
         raise UserError(f"--format={fmt!r} is not one of {sorted(EXPORTERS)}")
+    preflight.check_workdir(workdir, "evaluate")
     config = inference.load_run_config(workdir)
     if config.model.backbone in ("vgg16", "vgg19"):  # same weights; other runtimes have their own conv kernels
         config.model[config.model.backbone] = {**dict(config.model.get(config.model.backbone) or {}),
                                                "conv_impl": "direct"}
-    out = out or os.path.join(workdir, "export", "model" + FORMATS[fmt])
-    if out == os.path.join(workdir, "export", "model" + FORMATS[fmt]):
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-    shutil.rmtree(_staging_dir(out))  # fail on an unwritable path before the slow part
+    default = os.path.join(workdir, "export", "model" + FORMATS[fmt])
+    out = os.path.abspath(out or default)
+    if out == os.path.abspath(default):
+        files.make_dirs(os.path.dirname(out))
+    check_target(workdir, out, overwrite)
     class_names = inference.class_names(config, workdir)
-    model, variables = inference.restore_for_inference(config, workdir, len(class_names))
     calibration = inference.load_calibration(workdir)
+    model, variables = inference.restore_for_inference(config, workdir, len(class_names))
     if calibration is None:
         log.warning("no calibration.json in %s (run --mode=evaluate first): exporting the raw softmax "
                     "(temperature 1) with no abstention rule", workdir)
     ood = inference.load_ood(workdir, calibration)
     names = output_names(model, ood is not None)
+    record = sidecar(config, workdir, fmt, class_names, names, calibration)
     fn = graph_fn(model, variables, float(calibration["temperature"]) if calibration else 1.0, ood)
-    tmp = _staging_dir(out)
+    tmp = files.temp_dir(os.path.dirname(out), ".export-")
     try:
         target = os.path.join(tmp, os.path.basename(out))
         EXPORTERS[fmt](fn, int(config.image_size), target, names)
-        with open(os.path.join(tmp, "sidecar.json"), "w") as f:
-            json.dump(sidecar(config, workdir, fmt, class_names, names, calibration), f, indent=2)
-        if os.path.isdir(out):
-            shutil.rmtree(out)
-        os.replace(target, out)
-        os.replace(os.path.join(tmp, "sidecar.json"), out + ".json")
+        files.write_json(os.path.join(tmp, "sidecar.json"), record)
+        files.replace_path(target, out, is_previous_export)
+        files.replace_path(os.path.join(tmp, "sidecar.json"), out + ".json", lambda p: is_previous_export(out))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        files.remove(tmp)
     return out
 
 
@@ -239,16 +280,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--format", required=True, help="onnx | savedmodel | tflite")
     ap.add_argument("--out", default=None, help="output path (default <workdir>/export/model.<ext>)")
+    ap.add_argument("--overwrite", action="store_true", help="replace a previous export at --out (recognised by "
+                    "its sidecar <out>.json); anything else at --out is never replaced")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        path = export(args.workdir, args.format, args.out)
+        path = export(args.workdir, args.format, args.out, overwrite=args.overwrite)
     except UserError as err:
-        print(f"brainjax.export: error: {err}", file=sys.stderr)
+        print(f"brainjax: error: {err}", file=sys.stderr)
         return 1
     except ImportError as err:
         advice = missing_extra(err) or f"{err} (the exporters are optional: pip install 'brainjax[export]')"
-        print(f"brainjax.export: error: {args.format} export: {advice}", file=sys.stderr)
+        print(f"brainjax: error: {args.format} export: {advice}", file=sys.stderr)
         return 1
     print(f"wrote {path} and {path}.json")
     return 0

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from brainjax import checkpoint, models, steps
+from brainjax import checkpoint, files, models, steps
 from brainjax.errors import UserError
 from brainjax.evaluators import ood as ood_lib
 
@@ -79,23 +79,6 @@ def is_model_field(path: str) -> bool:
     return path.split(".")[0] in MODEL_FIELDS and path not in LOCATION_FIELDS
 
 
-def model_field_differences(a: Any, b: Any) -> list[tuple[str, Any, Any]]:
-    """(path, value in a, value in b) for every model-building leaf that both configs
-    have and where they differ (a field one of them lacks is from another version)."""
-    flat_a, flat_b = {}, {}
-    for tree, flat in ((_plain(a), flat_a), (_plain(b), flat_b)):
-        stack = [("", tree)]
-        while stack:
-            prefix, node = stack.pop()
-            for key, value in node.items():
-                path = f"{prefix}{key}"
-                if isinstance(value, dict):
-                    stack.append((path + ".", value))
-                elif is_model_field(path):
-                    flat[path] = value
-    return [(k, flat_a[k], flat_b[k]) for k in sorted(set(flat_a) & set(flat_b)) if flat_a[k] != flat_b[k]]
-
-
 def inference_config(flag_config: ml_collections.ConfigDict, workdir: str,
                      overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """The config to evaluate / predict with: the run's config.json, with the command
@@ -125,19 +108,6 @@ def inference_config(flag_config: ml_collections.ConfigDict, workdir: str,
     return ml_collections.ConfigDict(run)
 
 
-def check_same_model(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Training into a workdir whose config.json builds another model (a changed model
-    field with no parameters, e.g. model.standardize, would otherwise resume silently
-    into a different model) is a UserError naming the fields."""
-    if not os.path.isfile(os.path.join(workdir, RUN_CONFIG_FILE)):
-        return
-    diffs = model_field_differences(load_run_config(workdir), config)
-    if diffs:
-        listed = "; ".join(f"{k}: run {a!r}, now {b!r}" for k, a, b in diffs[:6])
-        raise UserError(f"{os.path.join(workdir, RUN_CONFIG_FILE)} was trained with another model ({listed}). "
-                        "Resume with the run's flags, or train the new model in a new --workdir.")
-
-
 def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, num_classes: int) -> tuple[Any, dict]:
     """(model, host model variables) of the best epoch so far in `workdir`."""
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
@@ -159,15 +129,18 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, num_c
 
 
 def class_names(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    """The run's class names, in label order: config.json's `class_names` (written from
-    the dataset's metadata at training), else report.json's (runs older than that)."""
+    """The run's class names, in label order: the newest checkpoint's run record (the
+    authority on what was trained), else config.json's `class_names` (written from the
+    dataset's metadata at training), else report.json's (runs older than both)."""
+    newest = checkpoint.newest_meta(workdir)
+    if newest is not None and newest[1].get("run", {}).get("class_names"):
+        return [str(n) for n in newest[1]["run"]["class_names"]]
     names = config.get("class_names")
     if names:
         return [str(n) for n in names]
     path = os.path.join(workdir, "report.json")
     if os.path.isfile(path):
-        with open(path) as f:
-            names = json.load(f).get("class_names")
+        names = files.read_json(path, "the run's report").get("class_names")
         if names:
             return [str(n) for n in names]
     raise UserError(f"{os.path.abspath(workdir)}: neither config.json nor report.json names the classes (a run older "
@@ -267,5 +240,9 @@ def load_calibration(workdir: str) -> dict | None:
     path = os.path.join(workdir, CALIBRATION_FILE)
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    calibration = files.read_json(path, "the run's calibration (written by --mode=evaluate)")
+    missing = [k for k in ("temperature", "rule", "thresholds") if not isinstance(calibration, dict) or k not in calibration]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}: not a calibration brainjax wrote; rerun --mode=evaluate "
+                        "to write it again")
+    return calibration

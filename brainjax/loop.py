@@ -180,7 +180,7 @@ class MetricWindows:
 
 def fit(config: ml_collections.ConfigDict, workdir: str, *, state: Any, step_fn: Callable, source: BatchSource,
         validate: Callable[[Any], tuple[float, float]], rng: jax.Array, writers: Writers,
-        tag: str = "") -> tuple[dict, dict]:
+        tag: str = "", record: dict | None = None) -> tuple[dict, dict]:
     """Trains `state` (host TrainState) with the pmapped, state-donating `step_fn(rstate,
     batch, rng)` over `source` until config.num_epochs, early stopping or preemption,
     resuming from <workdir>/checkpoints if they exist. `validate(rstate)` returns the
@@ -188,8 +188,9 @@ def fit(config: ml_collections.ConfigDict, workdir: str, *, state: Any, step_fn:
 
     Returns (best model variables {params, batch_stats} as host arrays, final progress).
     Raises `Preempted` after saving a checkpoint when a preemption signal arrived.
+    `record` (run_record.record) is stored in every checkpoint for the resume check.
     """
-    ckpt = checkpoint.Checkpoints(workdir)
+    ckpt = checkpoint.Checkpoints(workdir, record=record)
     try:
         return _fit(config, ckpt, state=state, step_fn=step_fn, source=source, validate=validate, rng=rng,
                     writers=writers, tag=tag, workdir=workdir)  # ends with ckpt.wait(): save errors raise
@@ -208,7 +209,10 @@ def _fit(config, ckpt, *, state, step_fn, source, validate, rng, writers, tag, w
     restored = ckpt.restore(state, best)
     if restored is not None:
         state, best, progress = restored
-        writers.truncate_after(int(state.step))
+    # Every start cuts metrics.jsonl back to the step it starts from (0 when fresh): a run
+    # killed before its first checkpoint, or mid-line, leaves nothing behind.
+    writers.truncate_after(int(state.step) if restored is not None else 0)
+    if restored is not None:
         log.info("resuming from %s at step %d (epoch %d, step %d of %d in it)", ckpt.directory, int(state.step),
                  progress["epoch"] + 1, progress["step_in_epoch"], source.steps_per_epoch)
     if progress["epoch"] >= config.num_epochs or progress["stop"]:

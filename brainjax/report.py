@@ -6,7 +6,6 @@ processes' predictions), so nothing is lost by writing once.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Sequence
@@ -14,7 +13,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from brainjax import degrade, parallel
+from brainjax import degrade, files, parallel
 
 log = logging.getLogger("brainjax")
 
@@ -69,8 +68,7 @@ def plot_reliability(cal: dict, path: str) -> None:
     ax.set_title("reliability, clean test split", fontsize=9)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_risk_coverage(sel: dict, path: str) -> None:
@@ -90,8 +88,7 @@ def plot_risk_coverage(sel: dict, path: str) -> None:
     ax.set_title("risk-coverage (test split)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def calibration_record(report: dict) -> dict:
@@ -115,18 +112,23 @@ OOD_STATS_FILE = "ood_stats.npz"
 def save_ood_stats(stats: dict, workdir: str) -> str:
     """<workdir>/ood_stats.npz (class means, precision, counts): what predict and export
     need to compute the OOD score. Atomic like the JSON files."""
-    path = os.path.join(workdir, OOD_STATS_FILE)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **{k: np.asarray(v) for k, v in stats.items()})
-    os.replace(tmp, path)
-    return path
+    arrays = {k: np.asarray(v) for k, v in stats.items()}
+    return files.write_with(os.path.join(workdir, OOD_STATS_FILE), lambda tmp: np.savez(tmp, **arrays))
 
 
 def _write_json(obj: dict, path: str) -> None:
-    """Atomic: a temporary name, then rename, so the file is never half-written."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(path + ".tmp", path)
+    """Atomic (files.write_json): a temporary name, then rename."""
+    files.write_json(path, obj)
+
+
+def save_figure(fig, path: str, dpi: int) -> None:
+    """A matplotlib figure as PNG through the one writer, then closed."""
+    import matplotlib.pyplot as plt
+
+    try:
+        files.write_with(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: str, title: str = "") -> None:
@@ -144,10 +146,7 @@ def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: str, title: str =
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title: str = "") -> None:
@@ -167,8 +166,7 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title:
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_robustness(report: dict, path: str) -> None:
@@ -207,8 +205,7 @@ def plot_robustness(report: dict, path: str) -> None:
         title += f", mCE {summary['mCE']:.3f}"
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def gallery(image: np.ndarray, path: str, names: Sequence[str] = degrade.NAMES, seed: int = 0) -> None:
@@ -238,8 +235,7 @@ def gallery(image: np.ndarray, path: str, names: Sequence[str] = degrade.NAMES, 
                 ax.set_title("clean" if c == 0 else f"severity {c}", fontsize=8)
         axes[r, 0].set_ylabel(name, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def plot_ood(section: dict, path: str) -> None:
@@ -255,12 +251,12 @@ def plot_ood(section: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     for name, counts in ((k, v) for k, v in hist.items() if k != "edges"):
         counts = np.asarray(counts, np.float64)
-        ax.step(centres, counts / max(counts.sum(), 1.0), where="mid", label=name, lw=1.4)
+        label = os.path.basename(name) if os.path.isabs(name) else name  # eval.ood_dirs are keyed by full path
+        ax.step(centres, counts / max(counts.sum(), 1.0), where="mid", label=label, lw=1.4)
     ax.axvline(section["threshold"], color="black", ls="--", lw=1, label=f"threshold (keeps {section['keep']:.0%} of val)")
     ax.set_xlabel(f"{section['method']} OOD score (higher = further from training)")
     ax.set_ylabel("share of the set")
     ax.legend(fontsize=8)
     ax.set_title("out-of-distribution score", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

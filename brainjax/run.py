@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import traceback
@@ -12,7 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from brainjax import evaluators, explain as explain_lib, inference, loop, parallel, report, steps, train
+from brainjax import evaluators, explain as explain_lib, files, inference, loop, parallel, preflight, report, steps, train
 from brainjax.errors import UserError, missing_extra
 
 log = logging.getLogger("brainjax")
@@ -22,6 +23,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Re-evaluates the best checkpoint of `workdir` on the test split (every process
     takes its share; process 0 writes report.json, under adapted/ with
     eval.adapt_batchnorm), in the config's parallel mode."""
+    preflight.check(config, workdir, "evaluate")
     with parallel.using(config.get("parallel", "pmap")):
         return _evaluate_workdir(config, workdir)
 
@@ -57,12 +59,15 @@ def _load_images(paths: Sequence[str], size: int) -> tuple[list, list, int]:
     return images, good, failures
 
 
-def predict_images(config: ml_collections.ConfigDict, workdir: str, paths: Sequence[str]) -> dict:
+def predict_images(config: ml_collections.ConfigDict, workdir: str, paths: Sequence[str],
+                   rule: str | None = None) -> dict:
     """What --mode=predict computes for the readable files among `paths`: paths,
     class_names, probabilities (temperature-scaled), quality (None without a quality
     head), abstain (None without calibration), failures (unreadable files, each with an
     ERROR line), and the model and variables used. The probabilities come from
-    `inference.serving_fn`, the function `brainjax.export` serialises."""
+    `inference.serving_fn`, the function `brainjax.export` serialises. `rule`: an
+    abstention rule set on the command line, applied with the thresholds evaluation
+    fitted for it (preflight refuses a rule without them)."""
     if not paths:
         raise UserError("--mode=predict needs --images=a.jpg,b.png")
     class_names = inference.class_names(config, workdir)
@@ -70,6 +75,8 @@ def predict_images(config: ml_collections.ConfigDict, workdir: str, paths: Seque
     cal = inference.load_calibration(workdir)
     if cal is None:
         log.warning("no calibration in %s (run --mode=evaluate): raw softmax, no abstention", workdir)
+    elif rule is not None:
+        cal = {**cal, "rule": rule}
     images, good, failures = _load_images(paths, config.image_size)
     out = dict(paths=good, class_names=class_names, failures=failures, model=model, probabilities=None,
                quality=None, abstain=None, images=None, ood_score=None, ood=None)
@@ -84,14 +91,25 @@ def predict_images(config: ml_collections.ConfigDict, workdir: str, paths: Seque
                  "; fewer than 32 images give noisy statistics" if len(uint8) < 32 else "")
     ood = inference.load_ood(workdir, cal)
     serve = jax.jit(inference.serving_fn(model, variables, cal["temperature"] if cal else 1.0, ood))
-    result = jax.device_get(serve(uint8))
-    probs = np.asarray(result["probabilities"])
-    quality = np.asarray(result["quality"]) if "quality" in result else None
-    ood_score = np.asarray(result["ood_score"]) if "ood_score" in result else None
+    result = served_in_batches(serve, uint8, int(config.eval_batch_size))
+    probs = result["probabilities"]
+    quality, ood_score = result.get("quality"), result.get("ood_score")
     abstain = inference.abstain_decisions(probs, quality, cal, ood_score) if cal is not None else None
     out.update(variables=variables, probabilities=probs, quality=quality, abstain=abstain, images=uint8,
                ood_score=ood_score, ood=None if ood is None else {k: ood[k] for k in ("method", "threshold")})
     return out
+
+
+def served_in_batches(serve, images: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    """`serve` over `images` in batches of `batch` (the last one padded, so one compiled
+    shape serves every batch), outputs concatenated."""
+    parts: dict[str, list] = {}
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        for key, value in jax.device_get(serve(padded)).items():
+            parts.setdefault(key, []).append(np.asarray(value)[:len(chunk)])
+    return {key: np.concatenate(values) for key, values in parts.items()}
 
 
 def ood_text(pred: dict, i: int) -> str:
@@ -110,15 +128,20 @@ def abstain_text(pred: dict, i: int) -> str:
     return "  ABSTAIN low quality: do not rely on this prediction"
 
 
-def predict_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequence[str], explain: bool = False) -> int:
+def predict_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequence[str], explain: bool = False,
+                  overrides: Sequence[str] = ()) -> int:
     """Prints, per file: the predicted class, the temperature-scaled class probabilities,
     the scan-quality estimate (`quality=`, from the quality head; n/a without one) and
     `ABSTAIN` when the abstention rule fitted at evaluation says not to rely on it.
-    explain: also writes <workdir>/explain/<stem>.png (Grad-CAM overlay). Unreadable
-    files get an error line. Returns the number of files that could not be predicted."""
-    import os
-
-    pred = predict_images(config, workdir, paths)
+    explain: also writes <workdir>/explain/<name>.png (Grad-CAM overlay; names from the
+    inputs' relative paths, `files.output_names`). Unreadable files get an error line.
+    `overrides`: the --config paths set on the command line (applied, or refused by
+    preflight). Returns the number of files that could not be predicted."""
+    preflight.check(config, workdir, "predict", images=paths, overrides=overrides)
+    outputs = explain_paths(workdir, paths) if explain else []
+    preflight.check_outputs(outputs, paths)
+    rule = config.eval.abstain_rule if "eval.abstain_rule" in overrides else None
+    pred = predict_images(config, workdir, paths, rule=rule)
     if pred["probabilities"] is None:
         return pred["failures"]
     class_names, probs, quality, abstain = (pred[k] for k in ("class_names", "probabilities", "quality", "abstain"))
@@ -128,30 +151,37 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequen
         print(f"{path}: {class_names[int(p.argmax())]}  ({ranked})  {q}{ood_text(pred, i)}"
               f"{abstain_text(pred, i)}")
     if explain:
-        model, variables = pred["model"], pred["variables"]
-        batch = steps.to_float_images(pred["images"])
-        heatmaps = np.asarray(jax.jit(lambda v, x: explain_lib.grad_cam(model, v, x))(variables, batch))
-        os.makedirs(os.path.join(workdir, "explain"), exist_ok=True)
-        for path, image, heat, p in zip(pred["paths"], np.asarray(batch), heatmaps, probs):
-            out_path = os.path.join(workdir, "explain", os.path.splitext(os.path.basename(path))[0] + ".png")
-            report.save_overlay(image[..., 0], heat, out_path,
-                                title=f"{os.path.basename(path)}: {class_names[int(p.argmax())]} {p.max():.2f}")
-            print(f"{path}: wrote {out_path}")
+        write_explanations(pred, dict(zip(paths, outputs)))
     return pred["failures"]
 
 
-def gallery_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequence[str]) -> int:
-    """Writes <workdir>/gallery[_N].png: every corruption x severity on each image."""
-    import os
+def explain_paths(workdir: str, paths: Sequence[str]) -> list[str]:
+    """<workdir>/explain/<unique name per input>.png."""
+    return [os.path.join(workdir, "explain", name) for name in files.output_names(paths)]
 
-    if not paths:
-        raise UserError("--mode=gallery needs --images=x.jpg")
-    os.makedirs(workdir, exist_ok=True)
+
+def write_explanations(pred: dict, outputs: dict[str, str]) -> None:
+    """One Grad-CAM overlay per predicted file, at `outputs[path]`."""
+    model, variables, class_names = pred["model"], pred["variables"], pred["class_names"]
+    batch = steps.to_float_images(pred["images"])
+    heatmaps = np.asarray(jax.jit(lambda v, x: explain_lib.grad_cam(model, v, x))(variables, batch))
+    for path, image, heat, p in zip(pred["paths"], np.asarray(batch), heatmaps, pred["probabilities"]):
+        report.save_overlay(image[..., 0], heat, outputs[path],
+                            title=f"{os.path.basename(path)}: {class_names[int(p.argmax())]} {p.max():.2f}")
+        print(f"{path}: wrote {outputs[path]}")
+
+
+def gallery_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequence[str]) -> int:
+    """Writes <workdir>/gallery/<name>.png per image (names from the inputs' relative
+    paths, never an input's own path): every corruption x severity on it."""
+    preflight.check(config, workdir, "gallery", images=paths)
+    outputs = [os.path.join(workdir, "gallery", name) for name in files.output_names(paths)]
+    preflight.check_outputs(outputs, paths)
     images, good, failures = _load_images(paths, config.image_size)
-    for i, (path, image) in enumerate(zip(good, images)):
-        out = os.path.join(workdir, "gallery.png" if i == 0 else f"gallery_{i}.png")
-        report.gallery(image.astype(np.float32) / 255.0, out)
-        print(f"{path}: wrote {out}")
+    where = dict(zip(paths, outputs))
+    for path, image in zip(good, images):
+        report.gallery(image.astype(np.float32) / 255.0, where[path])
+        print(f"{path}: wrote {where[path]}")
     return failures
 
 
@@ -166,6 +196,7 @@ def main(config: ml_collections.ConfigDict, workdir: str, mode: str, images: Seq
     those (inference.inference_config).
     With several processes, an error on any process ends all of them: see `fail`."""
     try:
+        preflight.check_workdir(workdir, mode)
         if mode in ("evaluate", "predict"):
             config = inference.inference_config(config, workdir, overrides)
         if mode == "train":
@@ -173,7 +204,7 @@ def main(config: ml_collections.ConfigDict, workdir: str, mode: str, images: Seq
         elif mode == "evaluate":
             evaluate_workdir(config, workdir)
         elif mode == "predict":
-            return 1 if predict_files(config, workdir, images, explain) else 0
+            return 1 if predict_files(config, workdir, images, explain, overrides) else 0
         elif mode == "gallery":
             return 1 if gallery_files(config, workdir, images) else 0
         else:

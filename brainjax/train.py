@@ -21,8 +21,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from brainjax import evaluators, feature_cache, inference, loop, models, parallel, partition, report, state, steps, writers
-from brainjax.errors import UserError
+from brainjax import (evaluators, feature_cache, files, loop, models, parallel, partition, preflight, report, run_record,
+                      state, steps, writers)
 
 log = logging.getLogger("brainjax")
 
@@ -30,15 +30,12 @@ log = logging.getLogger("brainjax")
 def write_config(config: ml_collections.ConfigDict, workdir: str, class_names: list[str]) -> None:
     """<workdir>/config.json (process 0): the resolved config of the run, and the class
     names of its dataset in label order, from which evaluate, predict and export build
-    the model."""
-    os.makedirs(workdir, exist_ok=True)
+    the model. Written only after `preflight` passed (a refused resume leaves it as it was)."""
+    files.make_dirs(workdir)
     if parallel.is_main_process():
         record = json.loads(config.to_json_best_effort())
         record["class_names"] = list(class_names)
-        path = os.path.join(workdir, "config.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(record, f, indent=2)
-        os.replace(path + ".tmp", path)
+        files.write_json(os.path.join(workdir, "config.json"), record)
 
 
 def input_pipeline(config: ml_collections.ConfigDict) -> Any:
@@ -133,19 +130,16 @@ class TrainingRun:
     eval_rng: jax.Array
     eval_fns: dict
     tag: str
+    record: dict = dataclasses.field(default_factory=dict)  # run_record.record: stored in every checkpoint
 
 
 def training_run(config: ml_collections.ConfigDict, workdir: str) -> TrainingRun:
-    """Checks the config against `workdir`, writes its config.json and builds the run
-    (call inside `parallel.using(config.parallel)`)."""
+    """Checks the config against `workdir` (`preflight`: before the dataset build, and
+    the resume record once the dataset is known), writes its config.json and builds the
+    run (call inside `parallel.using(config.parallel)`)."""
     cached = bool(config.get("feature_cache"))
-    if config.get("fixed_degraded_copy") and not cached:
-        raise UserError("config.fixed_degraded_copy=True (the seed's fixed degraded copies) is implemented for the "
-                        "feature-cache path: set config.feature_cache=True (frozen base), or use "
-                        "config.train_degrade for random per-step degradation instead")
-    inference.check_same_model(config, workdir)
+    preflight.check(config, workdir, "train")  # everything checkable, before the dataset build
     pipeline = input_pipeline(config)
-    write_config(config, workdir, pipeline.class_names)
     model = models.create_model(config.model, pipeline.num_classes)
     init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 3)
     if cached:
@@ -153,9 +147,12 @@ def training_run(config: ml_collections.ConfigDict, workdir: str) -> TrainingRun
         steps_per_epoch = max(n_train // config.batch_size, 1)
     else:
         steps_per_epoch = pipeline.steps_per_epoch(config.train_split)
+    # the resume check's derived fields, then config.json: never before the check passed
+    preflight.check_resume(config, workdir, pipeline.class_names, steps_per_epoch)
+    write_config(config, workdir, pipeline.class_names)
+    record = run_record.record(config, pipeline.class_names, steps_per_epoch)
     host_state, tx, label_tree = state.create_train_state(config, model, pipeline.num_classes, init_rng,
                                                           steps_per_epoch)
-    evaluators.check_config(config, model, host_state.batch_stats)  # before training, not after it
     trainable, frozen = partition.split(host_state.params, label_tree)
     log.info("model %s/%s: %s trainable, %s frozen params; %d local devices, %d processes; %d steps/epoch",
              config.model.backbone, config.model.head, f"{partition.count(trainable):,}",
@@ -184,7 +181,8 @@ def training_run(config: ml_collections.ConfigDict, workdir: str) -> TrainingRun
                                  quality_loss_weight=quality_loss_weight(config), **step_kwargs)
     return TrainingRun(pipeline=pipeline, model=model, host_state=host_state,
                        step_fn=parallel.compiled_step(step, donate_state=True), source=source, validate=validate,
-                       train_rng=train_rng, eval_rng=eval_rng, eval_fns=eval_fns, tag="cached" if cached else "")
+                       train_rng=train_rng, eval_rng=eval_rng, eval_fns=eval_fns, tag="cached" if cached else "",
+                       record=record)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -193,7 +191,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     out = writers.default_writers(workdir)
     try:
         best, _ = loop.fit(config, workdir, state=run.host_state, step_fn=run.step_fn, source=run.source,
-                           validate=run.validate, rng=run.train_rng, writers=out, tag=run.tag)
+                           validate=run.validate, rng=run.train_rng, writers=out, tag=run.tag,
+                           record=run.record)
     finally:
         out.close()
     rvariables = parallel.replicate(steps.model_variables(best["params"], best["batch_stats"]))

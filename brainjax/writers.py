@@ -1,8 +1,9 @@
 """Metric writers (process 0 only): metrics.jsonl and TensorBoard events in <workdir>/tb/.
 
-The loop hands every record to every writer. Records carry the global optimizer step, so
-after a resume `truncate_after(step)` drops what a killed run wrote past its last
-checkpoint and metrics.jsonl never holds a record twice (TensorBoard purges the orphaned
+The loop hands every record to every writer. Records carry the global optimizer step, and
+every start calls `truncate_after(step)` with the step it starts from (0 for a fresh
+start), so what a killed run wrote past its last checkpoint, a torn last line included,
+is dropped and metrics.jsonl never holds a record twice (TensorBoard purges the orphaned
 steps itself when a step goes back).
 """
 
@@ -13,7 +14,7 @@ import logging
 import os
 from typing import Any, Mapping, Protocol, Sequence
 
-from brainjax import parallel
+from brainjax import files, parallel
 
 log = logging.getLogger("brainjax")
 
@@ -41,8 +42,7 @@ class JsonlWriter:
 
     def write(self, record: Mapping[str, Any]) -> None:
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(dict(record)) + "\n")
+            files.append_text(self.path, json.dumps(dict(record)) + "\n")
 
     def truncate_after(self, step: int) -> None:
         """Keeps only records at or before `step` (the checkpoint a resumed run starts
@@ -66,9 +66,7 @@ class JsonlWriter:
             if not isinstance(record, dict) or record.get("step", 0) <= step:
                 kept.append(line)
         if kept != lines:
-            with open(self.path + ".tmp", "w") as f:
-                f.writelines(l if l.endswith("\n") else l + "\n" for l in kept)
-            os.replace(self.path + ".tmp", self.path)
+            files.write_text(self.path, "".join(l if l.endswith("\n") else l + "\n" for l in kept))
 
     def close(self) -> None:
         pass

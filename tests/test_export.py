@@ -119,12 +119,12 @@ def test_export_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, capsys
     out = subprocess.run([sys.executable, "-m", "brainjax.export", f"--workdir={empty}", "--format=onnx"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and "config.json" in out.stderr and "Traceback" not in out.stderr
-    assert out.stderr.strip().splitlines()[-1].startswith("brainjax.export: error:")
+    assert out.stderr.strip().splitlines()[-1].startswith("brainjax: error:")
 
     def run(*argv):
         code = export.main(list(argv))
         err = capsys.readouterr().err
-        lines = [l for l in err.splitlines() if l.startswith("brainjax.export: error:")]
+        lines = [l for l in err.splitlines() if l.startswith("brainjax: error:")]
         assert code == 1 and len(lines) == 1, err
         return lines[0]
 

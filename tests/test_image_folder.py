@@ -237,6 +237,6 @@ def test_without_extras_predict_and_export_say_which_extra(one_epoch_run, tmp_pa
             f"sys.exit(export.main(['--workdir={workdir}', '--format=onnx', '--out={tmp_path}/m.onnx']))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert out.stderr.strip().splitlines()[-1] == ("brainjax.export: error: onnx export: the optional package "
+    assert out.stderr.strip().splitlines()[-1] == ("brainjax: error: onnx export: the optional package "
                                                    "jax2onnx is not installed; pip install 'brainjax[export]'")
     assert not os.path.exists(tmp_path / "m.onnx")

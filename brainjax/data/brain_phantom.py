@@ -31,6 +31,7 @@ class BrainPhantom(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
+    SPLIT_NAMES = tuple(_SPLIT_SEEDS)  # what preflight checks split fields against
     BUILDER_CONFIGS = [
         BrainPhantomConfig(name="default", description="128 px, 4000 train / 400 test."),
         BrainPhantomConfig(name="small", description="64 px, 800 train / 120 test (tests).",

@@ -78,6 +78,7 @@ def find_root(manual_dir: str, class_dirs: tuple[str, ...], extract=None) -> str
         candidates += [str(extract(os.path.join(manual_dir, z))) for z in zips]
     for base in candidates:
         for dirpath, dirnames, _ in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # e.g. an unfinished download
             if all(d in dirnames for d in SPLIT_DIRS):
                 return dirpath
             if dirpath.count(os.sep) - base.count(os.sep) >= 3:
@@ -118,6 +119,7 @@ class BrainTumorMri(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+    SPLIT_NAMES = folder_splits.SPLIT_NAMES  # what preflight checks split fields against
     BUILDER_CONFIGS = [
         BrainTumorMriConfig(name="sartaj", description="Sartaj Bhuvaji et al., 3264 images.",
                             class_dirs=("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor")),

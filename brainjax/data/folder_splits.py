@@ -18,18 +18,20 @@ with the reason, so a user can check what the numbers were computed on.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from brainjax import files
 from brainjax.data import images
 from brainjax.errors import UserError
 
 log = logging.getLogger("brainjax")
 TRAIN, TEST = "Training", "Testing"
+# The splits a folder build makes (one that would be empty is left out of the build).
+SPLIT_NAMES = ("train", "test", "test_dedup", "train_sub", "validation")
 
 
 @dataclasses.dataclass
@@ -155,12 +157,12 @@ def plan_splits(records: Sequence[Record], root: str, class_names: Sequence[str]
 
 
 def write_reports(report_dir: str, report: dict) -> None:
-    """build_report.json and dedup_report.md in `report_dir`."""
-    os.makedirs(report_dir, exist_ok=True)
-    with open(os.path.join(report_dir, "build_report.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.join(report_dir, "dedup_report.md"), "w") as f:
-        f.write(dedup_markdown(report))
+    """build_report.json and dedup_report.md in `report_dir`, the builder's own folder in
+    the tfds data_dir (brainjax owns it: a rebuild replaces the reports)."""
+    files.make_dirs(report_dir)
+    files.own(report_dir)
+    files.write_json(os.path.join(report_dir, "build_report.json"), report)
+    files.write_text(os.path.join(report_dir, "dedup_report.md"), dedup_markdown(report))
 
 
 def dedup_markdown(report: dict) -> str:

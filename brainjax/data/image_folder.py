@@ -16,8 +16,9 @@ folders it does not name keep their name.
 Splits, decoding, the unreadable-file report and the near-duplicate `test_dedup` split are
 those of the Kaggle builder (`folder_splits`). Each folder (with its class map and split
 settings) is its own tfds config, named after the folder plus a hash of those settings, so
-two folders never share a prepared dataset; a changed folder listing or class map gets a
-new one.
+two folders never share a prepared dataset; a changed class map, or any file added,
+removed, edited or moved (the key includes a manifest of every file's relative path, size
+and modification time), gets a new one.
 """
 
 from __future__ import annotations
@@ -111,13 +112,35 @@ def folder_config(manual_dir: str | None, class_map: Any = None, *, test_fractio
         extra = sorted(set(subfolders(test_root)) - set(folders))
         if extra:
             raise UserError(f"{test_root}: class folders {extra} are not among the training classes {folders}")
-    key = repr((root, test_root, folder_labels, names, test_fraction, val_fraction, split_seed))
+    key = repr((root, test_root, folder_labels, names, test_fraction, val_fraction, split_seed,
+                manifest(root, test_root, [d for d, _ in folder_labels])))
     slug = re.sub(r"[^A-Za-z0-9_]+", "_", os.path.basename(os.path.dirname(root) if root.endswith(TRAIN_DIRS)
                                                             else root)).strip("_")[:40] or "folder"
     name = f"{slug}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
     return ImageFolderConfig(name=name, description=f"class folders of {root}", root=root, test_root=test_root,
                              class_names=tuple(names), folder_labels=folder_labels, test_fraction=test_fraction,
                              val_fraction=val_fraction, split_seed=split_seed)
+
+
+def walk_files(folder: str):
+    """Every non-hidden file below `folder`, in sorted order (what a build reads)."""
+    for dirpath, dirnames, names in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(names):
+            if not name.startswith("."):
+                yield os.path.join(dirpath, name)
+
+
+def manifest(root: str, test_root: str, folders: list[str]) -> str:
+    """sha1 of (relative path, size, mtime) of every file a build would read: adding,
+    removing, editing or moving a scan between class folders gives a new build key."""
+    digest = hashlib.sha1()
+    for base in (root, test_root):
+        for folder in folders if base else ():
+            for path in walk_files(os.path.join(base, folder)):
+                st = os.stat(path)
+                digest.update(f"{os.path.relpath(path, base)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def scan(cfg: ImageFolderConfig) -> list[folder_splits.Record]:
@@ -128,12 +151,8 @@ def scan(cfg: ImageFolderConfig) -> list[folder_splits.Record]:
         if not base:
             continue
         for folder, label in cfg.folder_labels:
-            for dirpath, dirnames, files in os.walk(os.path.join(base, folder)):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for f in sorted(files):
-                    if not f.startswith("."):
-                        path = os.path.join(dirpath, f)
-                        records.append(folder_splits.Record(split_dir, label, os.path.relpath(path, common), path))
+            for path in walk_files(os.path.join(base, folder)):
+                records.append(folder_splits.Record(split_dir, label, os.path.relpath(path, common), path))
     if not records:
         raise UserError(f"{cfg.root}: the class folders {[d for d, _ in cfg.folder_labels]} hold no files")
     return sorted(records, key=lambda r: (r.split_dir, r.relpath))
@@ -144,6 +163,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
+    SPLIT_NAMES = folder_splits.SPLIT_NAMES  # what preflight checks split fields against
     # No fixed configs: `folder_config` makes one per folder; pass it as `config=`.
 
     def _info(self) -> tfds.core.DatasetInfo:

@@ -87,33 +87,54 @@ def dataset_builder(name: str, data_dir: str | None, manual_dir: str | None, *, 
         raise UserError(f"unknown dataset {name!r} (config.dataset): {str(err).splitlines()[0]}") from None
 
 
-def prepared_builder(name: str, data_dir: str | None, manual_dir: str | None, *, class_map: Any = None,
-                     test_fraction: float = 0.2, download: str = ""):
-    """tfds builder, built if needed (after `download` fetched the files into manual_dir);
-    unknown names and missing manual data are UserErrors."""
-    if download:
-        kaggle.fetch(download, name, manual_dir)
-    builder = dataset_builder(name, data_dir, manual_dir, class_map=class_map, test_fraction=test_fraction)
+def _manual_folder(manual_dir: str | None) -> str | None:
+    """manual_dir as tfds wants it: a folder (a zip's folder), absolute."""
     if manual_dir and os.path.isfile(manual_dir) and manual_dir.lower().endswith(".zip"):
         manual_dir = os.path.dirname(os.path.abspath(manual_dir))  # tfds wants a folder; the zip is found in it
-    if manual_dir:
-        manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
-    if not builder.is_prepared() and getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) and \
-            not (manual_dir and os.path.isdir(manual_dir)):
+    return os.path.abspath(os.path.expanduser(manual_dir)) if manual_dir else manual_dir
+
+
+def checked_builder(config: Mapping[str, Any]):
+    """The builder of `config.dataset`, not built, after every check that needs no build:
+    a known name, the download source, and, where the builder needs manual data and is not
+    built yet, a manual_dir that holds something. Raises UserError."""
+    name, manual_dir, download = config.get("dataset"), config.get("manual_dir"), config.get("download") or ""
+    if download:
+        kaggle.check(download, name, manual_dir)
+    builder = dataset_builder(name, config.get("data_dir"), manual_dir, class_map=config.get("class_map"),
+                              test_fraction=float(config.get("test_fraction", 0.2)))
+    if download or builder.is_prepared():
+        return builder
+    folder = _manual_folder(manual_dir)
+    if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) and not (folder and os.path.isdir(folder)):
         raise UserError(f"dataset {name} must be built from a local copy: set config.manual_dir "
-                        f"(now {manual_dir!r}, which is not a folder).\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-    if not builder.is_prepared() and manual_dir and os.path.isdir(manual_dir) and not os.listdir(manual_dir):
-        raise UserError(f"config.manual_dir {manual_dir} is empty: expected the dataset folder (with "
+                        f"(now {folder!r}, which is not a folder).\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    if folder and os.path.isdir(folder) and not os.listdir(folder):
+        raise UserError(f"config.manual_dir {folder} is empty: expected the dataset folder (with "
                         f"Training/ and Testing/) or its zip.\n{getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', '')}")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     return builder
 
 
 def builder_for(config: Mapping[str, Any]):
-    """`prepared_builder` with the dataset fields of a run config."""
-    return prepared_builder(config.dataset, config.get("data_dir"), config.get("manual_dir"),
-                            class_map=config.get("class_map"), test_fraction=float(config.get("test_fraction", 0.2)),
-                            download=config.get("download") or "")
+    """The dataset of a run config, built if needed (after `config.download` fetched the
+    files into manual_dir); unknown names and missing manual data are UserErrors."""
+    builder = checked_builder(config)
+    if config.get("download"):
+        kaggle.fetch(config.get("download"), config.get("dataset"), config.get("manual_dir"))
+        builder = checked_builder({k: config.get(k) for k in DATASET_FIELDS if k != "download"})
+    manual_dir = _manual_folder(config.get("manual_dir"))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    return builder
+
+
+DATASET_FIELDS = ("dataset", "data_dir", "manual_dir", "class_map", "test_fraction", "download")
+
+
+def prepared_builder(name: str, data_dir: str | None, manual_dir: str | None, *, class_map: Any = None,
+                     test_fraction: float = 0.2, download: str = ""):
+    """`builder_for` with the dataset fields given one by one."""
+    return builder_for(dict(dataset=name, data_dir=data_dir, manual_dir=manual_dir, class_map=class_map,
+                            test_fraction=test_fraction, download=download))
 
 
 def prepare_dataset(config: Mapping[str, Any]) -> None:
@@ -143,6 +164,24 @@ def iterator_options() -> tf.data.Options:
     return options
 
 
+def check_layout(config: Mapping[str, Any], num_devices: int, process_count: int) -> None:
+    """Batch sizes divisible by the devices; input shards a positive multiple of the
+    process count and a divisor of the batch (`preflight` runs it before any work)."""
+    for name in ("batch_size", "eval_batch_size"):
+        value = int(config.get(name, config.get("batch_size")))
+        if value < 1 or value % num_devices:
+            raise UserError(f"config.{name}={value} must be divisible by the number of devices ({num_devices})")
+    shards = int(config.get("input_shards", 8))
+    if shards < 1 or shards % process_count:
+        raise UserError(f"config.input_shards={shards} must be a positive multiple of the process count "
+                        f"({process_count}): each process reads whole shards. Set --config.input_shards to a "
+                        f"multiple of {process_count} (the training order depends on it, not on the process count)")
+    if int(config.get("batch_size")) % shards:
+        raise UserError(f"config.batch_size={config.get('batch_size')} must be divisible by config.input_shards="
+                        f"{shards} (every global batch takes the same number of examples from each shard); change "
+                        "one of them")
+
+
 class InputPipeline:
     """Train/eval iterators over one tfds dataset, sharded over processes and devices."""
 
@@ -159,20 +198,8 @@ class InputPipeline:
         self.decoded = tf.Variable(0, dtype=tf.int64, trainable=False)  # examples decoded by this process
         self.global_batch = int(config.batch_size)
         self.eval_global_batch = int(config.get("eval_batch_size", config.batch_size))
-        for name, gb in (("batch_size", self.global_batch), ("eval_batch_size", self.eval_global_batch)):
-            if gb % (num_local_devices * process_count):
-                raise UserError(f"config.{name}={gb} must be divisible by the number of devices "
-                                 f"({num_local_devices * process_count})")
+        check_layout(config, num_local_devices * process_count, process_count)
         self.input_shards = int(config.get("input_shards", 8))
-        if self.input_shards < 1 or self.input_shards % process_count:
-            raise UserError(f"config.input_shards={self.input_shards} must be a positive multiple of the process "
-                            f"count ({process_count}): each process reads whole shards. Set "
-                            f"--config.input_shards to a multiple of {process_count} (the training order depends "
-                            "on it, not on the process count)")
-        if self.global_batch % self.input_shards:
-            raise UserError(f"config.batch_size={self.global_batch} must be divisible by config.input_shards="
-                            f"{self.input_shards} (every global batch takes the same number of examples from "
-                            "each shard); change one of them")
 
     @property
     def num_classes(self) -> int:

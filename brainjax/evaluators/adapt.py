@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from brainjax import parallel, steps
+from brainjax import files, parallel, steps
 from brainjax.errors import UserError
 
 # Passes stop once no mean moves by more than this many of its standard deviations, and no
@@ -104,9 +104,7 @@ def report_dir(config: Any, workdir: str) -> str:
     report never overwrites the plain one in <workdir>/), else <workdir>/."""
     if not config.eval.get("adapt_batchnorm", False):
         return workdir
-    path = os.path.join(workdir, ADAPTED_SUBDIR)
-    os.makedirs(path, exist_ok=True)
-    return path
+    return files.make_dirs(os.path.join(workdir, ADAPTED_SUBDIR))
 
 
 def adapter_from_config(config: Any, model: Any, batch_stats: Mapping) -> Callable | None:

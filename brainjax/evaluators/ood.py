@@ -198,8 +198,12 @@ def image_files(folder: str) -> list[str]:
 def ood_folders(config: Any) -> list[str]:
     """The eval.ood_dirs that exist; a folder set by the user that is missing or holds no
     image is a UserError (checked before training), the default one is skipped when absent."""
-    folders = []
+    folders, seen = [], set()
     for folder in tuple(config.eval.get("ood_dirs", ())):
+        key = folder_key(folder)
+        if key in seen:
+            raise UserError(f"eval.ood_dirs lists {folder} twice; each folder is scored once, under its full path")
+        seen.add(key)
         if not os.path.isdir(folder):
             if folder in DEFAULT_DIRS:
                 continue
@@ -209,6 +213,13 @@ def ood_folders(config: Any) -> list[str]:
             raise UserError(f"eval.ood_dirs: {folder} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
         folders.append(folder)
     return folders
+
+
+def folder_key(folder: str) -> str:
+    """The report key of an eval.ood_dirs folder: its full path. Split names never start
+    with '/', so a folder can never take a split's place (a folder named 'test' beside the
+    test split), and two folders with the same base name stay apart."""
+    return os.path.abspath(os.path.expanduser(str(folder)))
 
 
 def check_config(config: Any) -> None:
@@ -357,7 +368,7 @@ def evaluate_ood(config: Any, fns: OodFns, rvariables: Any, pipeline: Any, rng: 
             log.warning("eval.ood_dirs: no readable image in %s; not scored", folder)
             continue
         out = folder_outputs(fns.features, rvariables, images, int(config.eval_batch_size))
-        out_sets[os.path.basename(os.path.normpath(folder))] = scores(out["logits"], out["pooled"], stats, temperature)
+        out_sets[folder_key(folder)] = scores(out["logits"], out["pooled"], stats, temperature)
     section = summarize(val, out_sets, keep, method)
     section["statistics"] = {"fitted_on": config.train_split, "examples": int(stats["counts"].sum()),
                              "feature_dim": int(stats["means"].shape[1]), "shrinkage": float(stats["shrinkage"])}

@@ -20,7 +20,6 @@ matrix (rows = true class, columns = predicted; sums to the split size), 95% CIs
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any, Callable, Mapping, Sequence
@@ -28,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from brainjax import degrade
+from brainjax import degrade, files
 from brainjax.errors import UserError
 from brainjax.evaluators import calibration, ood
 from brainjax.evaluators.adapt import make_batchnorm_adapter
@@ -89,8 +88,11 @@ def load_reference(path: str | None) -> dict | None:
     if not os.path.isfile(path):
         raise UserError(f"config.eval.reference_report={path} does not exist; point it at the report.json "
                         "of the reference model (e.g. the same config trained with train_degrade.recipe=none)")
-    with open(path) as f:
-        return {**json.load(f), "source": path}
+    report = files.read_json(path, "a reference report (config.eval.reference_report)")
+    if not isinstance(report, dict) or "clean" not in report:
+        raise UserError(f"config.eval.reference_report={path} is not a brainjax report.json (no 'clean' section); "
+                        "point it at the report.json of the reference model")
+    return {**report, "source": path}
 
 
 def evaluate_split(config: Any, eval_fns: Mapping, rvariables: Any, pipeline: Any, split: str, rng: jax.Array,

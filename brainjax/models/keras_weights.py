@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 from flax import traverse_util
 
+from brainjax import files
 from brainjax.errors import UserError
 
 _BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -214,6 +215,13 @@ def md5(path: str) -> str:
     return h.hexdigest()
 
 
+def _download(url: str, timeout: float):
+    """`url`'s bytes, 1 MiB at a time."""
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        while chunk := r.read(1 << 20):
+            yield chunk
+
+
 def _instructions(arch: str, dirs: list[str]) -> str:
     name, url, digest = OFFICIAL[arch]
     return (f"ImageNet weights for {arch} not found: looked for {name} in {dirs}, and could not download {url}.\n"
@@ -244,16 +252,10 @@ def locate(arch: str, weights: str, weights_dir: str | None = None, download: bo
     if download:
         target = os.path.join(os.path.expanduser(dirs[0]), name)
         try:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with urllib.request.urlopen(url, timeout=timeout) as r, open(target + ".part", "wb") as f:
-                while chunk := r.read(1 << 20):
-                    f.write(chunk)
-            os.replace(target + ".part", target)
+            files.write_chunks(target, _download(url, timeout))
             _verify(target, digest, url)
             return target
         except (OSError, ValueError) as err:
-            if os.path.exists(target + ".part"):
-                os.remove(target + ".part")
             raise UserError(_instructions(arch, dirs) + f"\n(download failed: {err})") from None
     raise UserError(_instructions(arch, dirs))
 
