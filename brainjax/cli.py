@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 
-from brainjax import xla_flags
+from brainjax import supervisor, xla_flags
 from brainjax.errors import missing_extra
 
 CONFIG_ERRORS = (AttributeError, KeyError, OSError, TypeError, ValueError)
@@ -105,7 +105,7 @@ def define_flags() -> None:
     flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "gallery"], "What to do.")
     flags.DEFINE_list("images", [], "Image files for --mode=predict / --mode=gallery.")
     flags.DEFINE_bool("explain", False, "--mode=predict: also write a Grad-CAM overlay per image to "
-                      "<workdir>/explain/<image stem>.png (for the predicted class).")
+                      "<workdir>/explain/<name>.png (for the predicted class; names from the inputs' relative paths).")
     flags.DEFINE_bool("distributed", False, "Join a multi-process run: jax.distributed.initialize() with the "
                       "flags below, or JAX's cluster auto-detection (Slurm, Open MPI, TPU) where they are absent.")
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --distributed).")
@@ -150,13 +150,9 @@ def main(argv: list[str]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax/tfds chatter
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     logging.getLogger("brainjax").setLevel(logging.INFO)
-    try:
-        import tensorflow as tf
+    import jax  # TensorFlow is imported only where data is read (brainjax.data.pipeline keeps it off the GPUs)
 
-        tf.config.set_visible_devices([], "GPU")  # tf.data only: keep TF off the accelerators
-    except ImportError:
-        pass  # predict / export of an existing run need no TensorFlow; training says which extra
-    import jax
+    from brainjax import parallel
 
     explicit = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
     if FLAGS.distributed or any(v is not None for v in explicit):
@@ -165,7 +161,7 @@ def main(argv: list[str]) -> None:
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
                                    heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
     try:
-        from brainjax import parallel, run as runner
+        from brainjax import run as runner
     except ImportError as err:
         advice = missing_extra(err)
         if advice is None:
@@ -186,7 +182,11 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    """Entry point of the `brainjax` console command."""
+    """Entry point of the `brainjax` console command. Joining a multi-process run, the
+    work runs in a supervised child (brainjax/supervisor.py), so that even a process JAX
+    aborts ends with one line naming the cause."""
+    if supervisor.joins_a_cluster(sys.argv):
+        sys.exit(supervisor.supervise(sys.argv))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence TF's C++ INFO lines
     xla_flags.apply_cpu_defaults()  # before JAX starts a backend
     sys.argv = with_resolved_config(sys.argv)

@@ -206,9 +206,10 @@ def is_previous_export(path: str) -> bool:
     return isinstance(record, dict) and record.get("format") in FORMATS and "brainjax_version" in record
 
 
-def check_target(workdir: str, out: str, overwrite: bool) -> None:
+def check_target(workdir: str, out: str, overwrite: bool, parent_made_here: bool = False) -> None:
     """Before any work: `out` and `<out>.json` are new, or (with --overwrite) a previous
-    export; never the run's own folder, checkpoints, config or reports."""
+    export; never the run's own folder, checkpoints, config or reports.
+    `parent_made_here`: the default <workdir>/export/, which export creates."""
     run = os.path.realpath(workdir)
     for path in (out, out + ".json"):
         real = os.path.realpath(path)
@@ -227,9 +228,11 @@ def check_target(workdir: str, out: str, overwrite: bool) -> None:
         raise UserError(f"--out={out}: {existing[0]} exists and is not a brainjax export (no sidecar {out}.json "
                         "naming a format); --overwrite replaces only previous exports: choose another --out")
     parent = os.path.dirname(os.path.abspath(out))
+    if parent_made_here and not os.path.exists(parent):
+        return
     if not os.path.isdir(parent):
         raise UserError(f"--out={out}: the folder {parent} does not exist; create it or choose another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not files.can_write_in(parent):
         raise UserError(f"--out={out}: the folder {parent} is not writable; choose another path")
 
 
@@ -248,21 +251,21 @@ def export(workdir: str, fmt: str, out: str | None = None, overwrite: bool = Fal
     if config.model.backbone in ("vgg16", "vgg19"):  # same weights; other runtimes have their own conv kernels
         config.model[config.model.backbone] = {**dict(config.model.get(config.model.backbone) or {}),
                                                "conv_impl": "direct"}
-    default = os.path.join(workdir, "export", "model" + FORMATS[fmt])
+    default = os.path.abspath(os.path.join(workdir, "export", "model" + FORMATS[fmt]))
     out = os.path.abspath(out or default)
-    if out == os.path.abspath(default):
-        files.make_dirs(os.path.dirname(out))
-    check_target(workdir, out, overwrite)
+    check_target(workdir, out, overwrite, parent_made_here=out == default)
     class_names = inference.class_names(config, workdir)
     calibration = inference.load_calibration(workdir)
     model, variables = inference.restore_for_inference(config, workdir, len(class_names))
+    ood = inference.load_ood(workdir, calibration)
+    names = output_names(model, ood is not None)
+    record = sidecar(config, workdir, fmt, class_names, names, calibration)  # reads report.json: before writing
     if calibration is None:
         log.warning("no calibration.json in %s (run --mode=evaluate first): exporting the raw softmax "
                     "(temperature 1) with no abstention rule", workdir)
-    ood = inference.load_ood(workdir, calibration)
-    names = output_names(model, ood is not None)
-    record = sidecar(config, workdir, fmt, class_names, names, calibration)
     fn = graph_fn(model, variables, float(calibration["temperature"]) if calibration else 1.0, ood)
+    if out == default:
+        files.make_dirs(os.path.dirname(out))
     tmp = files.temp_dir(os.path.dirname(out), ".export-")
     try:
         target = os.path.join(tmp, os.path.basename(out))

@@ -77,6 +77,18 @@ def read_json(path: str, what: str) -> Any:
                         "it, or rerun the mode that writes it") from None
 
 
+def can_write_in(folder: str) -> bool:
+    """Whether a file can really be created in `folder` (a probe file, removed at once:
+    permission bits alone say nothing for root or on a read-only filesystem)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".brainjax-probe-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
 def make_dirs(path: str) -> str:
     """os.makedirs, recording every level it creates as this run's."""
     path = os.path.abspath(os.path.expanduser(str(path)))
@@ -161,6 +173,18 @@ def write_text(path: str, text: str, previous: Callable[[str], bool] | None = No
 
 def write_json(path: str, obj: Any, indent: int | None = 2, previous: Callable[[str], bool] | None = None) -> str:
     return write_text(path, json.dumps(obj, indent=indent), previous)
+
+
+def write_figure(path: str, fig: Any, dpi: int) -> str:
+    """A matplotlib figure as PNG."""
+    return write_with(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+
+
+def write_npz(path: str, arrays: dict) -> str:
+    """numpy arrays as one .npz file."""
+    import numpy as np
+
+    return write_with(path, lambda tmp: np.savez(tmp, **arrays))
 
 
 def json_with_keys(*keys: str) -> Callable[[str], bool]:

@@ -392,8 +392,14 @@ def _coordination_client() -> Any:
     return distributed.global_state.client
 
 
+_stop_lock = threading.Lock()
+
+
 def _stop_process(line: str, before_exit: Callable[[], None] | None = None) -> None:
-    """Prints the one error line, runs `before_exit` (if any), and exits this process."""
+    """Prints the one error line, runs `before_exit` (if any), and exits this process.
+    The first caller wins (the watcher thread or an error on the main thread): a second
+    one waits on the lock until the process is gone, so only one line is printed."""
+    _stop_lock.acquire()
     print(f"brainjax: error: {line}", file=sys.stderr, flush=True)
     if before_exit is not None:
         before_exit()

@@ -62,7 +62,10 @@ def check_workdir(workdir: str | None, mode: str) -> None:
     existing = path
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+    if not os.path.isdir(existing):
+        raise UserError(f"--workdir={workdir}: {existing} is a file, so the folder cannot be made; choose another path")
+    writes = mode in ("train", "gallery", "evaluate")  # predict writes only with --explain (checked then)
+    if writes and not files.can_write_in(existing):
         raise UserError(f"--workdir={workdir}: {existing} is not writable; choose a folder you can write to")
     if os.path.isdir(path) and mode == "train" and not is_run_dir(path):
         entries = sorted(e for e in os.listdir(path) if not e.startswith("."))

@@ -113,7 +113,7 @@ def save_ood_stats(stats: dict, workdir: str) -> str:
     """<workdir>/ood_stats.npz (class means, precision, counts): what predict and export
     need to compute the OOD score. Atomic like the JSON files."""
     arrays = {k: np.asarray(v) for k, v in stats.items()}
-    return files.write_with(os.path.join(workdir, OOD_STATS_FILE), lambda tmp: np.savez(tmp, **arrays))
+    return files.write_npz(os.path.join(workdir, OOD_STATS_FILE), arrays)
 
 
 def _write_json(obj: dict, path: str) -> None:
@@ -126,7 +126,7 @@ def save_figure(fig, path: str, dpi: int) -> None:
     import matplotlib.pyplot as plt
 
     try:
-        files.write_with(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+        files.write_figure(path, fig, dpi)
     finally:
         plt.close(fig)
 

@@ -258,21 +258,33 @@ def test_ctrl_c_on_one_process_saves_the_same_step_everywhere_and_both_resume_fr
     assert np.asarray(_report(workdir)["clean"]["confusion_matrix"]).sum() == 120
 
 
-def test_kill_9_of_one_process_ends_the_other_with_a_line_naming_it(two_process_run, tmp_path):
+HEARTBEAT_S = 12  # --heartbeat_timeout_seconds of the kill -9 runs
+# The survivor must be gone within JAX's heartbeat timeout plus a margin for this loaded
+# 2-core machine (its watcher names the lost process after half the timeout).
+SHUTDOWN_BOUND_S = HEARTBEAT_S + 45
+
+
+@pytest.mark.parametrize("killed", [1, 0], ids=["worker", "coordinator"])
+def test_kill_9_of_one_process_ends_the_other_with_a_line_naming_it(killed, two_process_run, tmp_path):
+    """kill -9 of either process (process 0 also hosts JAX's coordination service) ends
+    the other non-zero within the heartbeat bound, with one line naming the lost one,
+    and leaves every checkpoint in place."""
     data_dir = two_process_run[1]
     run = str(tmp_path / "killed")
-    procs = _start_pair(run, data_dir, *SHORT, "--heartbeat_timeout_seconds=12")
+    procs = _start_pair(run, data_dir, *SHORT, f"--heartbeat_timeout_seconds={HEARTBEAT_S}")
     _wait_for_windows(run, procs, 10)
     checkpoints = os.path.join(run, "checkpoints")
-    procs[1].send_signal(signal.SIGKILL)
+    survivor = procs[1 - killed]
+    procs[killed].send_signal(signal.SIGKILL)
     t0 = time.time()
-    _, err = procs[0].communicate(timeout=150)
+    _, err = survivor.communicate(timeout=150)
     seconds = time.time() - t0
-    procs[1].communicate(timeout=60)
-    print(f"process 0 exited {procs[0].returncode} {seconds:.1f} s after process 1 was killed")
-    assert procs[0].returncode != 0
+    procs[killed].communicate(timeout=60)
+    print(f"process {1 - killed} exited {survivor.returncode} {seconds:.1f} s after process {killed} was killed")
+    assert survivor.returncode != 0
+    assert seconds < SHUTDOWN_BOUND_S, f"process {1 - killed} took {seconds:.1f} s to stop"
     errors = [l for l in err.splitlines() if l.startswith("brainjax: error:")]
-    assert len(errors) == 1 and "process 1 was lost" in errors[0], err[-3000:]
+    assert len(errors) == 1 and f"process {killed}" in errors[0] and "was lost" in errors[0], err[-3000:]
     assert "Traceback" not in err
     steps = [d for d in os.listdir(checkpoints) if d.isdigit()]
     assert steps and not [d for d in os.listdir(checkpoints) if "unreadable" in d]  # nothing set aside or removed

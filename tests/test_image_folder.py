@@ -95,6 +95,7 @@ def test_three_class_folder_trains_reports_predicts_and_exports(three_class_run,
     files = [str(tree / "test" / "pitu" / "t0.png"), str(tree / "test" / "astro" / "t1.png")]
     pred = run.predict_images(config, workdir, files)
     assert pred["class_names"] == names and pred["probabilities"].shape == (2, 3)
+    np.testing.assert_allclose(pred["probabilities"].sum(axis=1), 1.0, rtol=1e-5)
 
     onnx_path = export.export(workdir, "onnx", str(tmp_path / "model.onnx"))
     side = json.load(open(onnx_path + ".json"))
@@ -102,9 +103,8 @@ def test_three_class_folder_trains_reports_predicts_and_exports(three_class_run,
     import onnxruntime
 
     session = onnxruntime.InferenceSession(onnx_path)
-    images = np.stack([np.asarray(Image.open(f).resize((config.image_size,) * 2, Image.BILINEAR))[..., None]
-                       for f in files]).astype(np.uint8)
-    assert session.run(None, {"images": images})[0].shape == (2, 3)
+    # the deployed graph gives predict's probabilities for the pixels predict decoded
+    np.testing.assert_allclose(session.run(None, {"images": pred["images"]})[0], pred["probabilities"], atol=1e-5)
 
 
 def test_two_class_folder_with_a_seeded_test_split_through_predict(tmp_path):

@@ -36,6 +36,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+tf.config.set_visible_devices([], "GPU")  # tf.data only: keep TensorFlow off the accelerators JAX uses
+
 import brainjax.data  # noqa: F401  (registers builders)
 from brainjax import parallel
 from brainjax.data import image_folder, kaggle
