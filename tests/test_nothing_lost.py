@@ -69,8 +69,9 @@ def test_a_kaggle_download_killed_half_way_is_never_used_and_overwrites_nothing(
     (manual / "README.txt").write_text("the user's own notes")
     monkeypatch.setitem(sys.modules, "kagglehub", _fake_kagglehub(str(source)))
 
-    def killed_copy(src, dst, **kw):
-        os.makedirs(os.path.join(dst, "Training", "glioma_tumor"))
+    def killed_copy(src, dst, **kw):  # Training/ and Testing/ begun, Testing/ empty: then the kill
+        os.makedirs(os.path.join(dst, "Testing"), exist_ok=True)
+        os.makedirs(os.path.join(dst, "Training", "glioma_tumor"), exist_ok=True)
         shutil.copy(os.path.join(src, "Training", "glioma_tumor", "0.jpg"), os.path.join(dst, "Training", "glioma_tumor"))
         raise KeyboardInterrupt  # the kill, half-way through the copy
 
@@ -153,8 +154,7 @@ def test_an_abstention_rule_set_at_predict_is_applied(one_epoch_run, scan_files,
     """calibration.json with a max_prob threshold nothing reaches and an OOD threshold
     nothing exceeds: the fitted rule (ood_max_prob) abstains on every file, the rule
     given on the command line (ood) on none."""
-    from brainjax import inference, run
-    from brainjax.errors import UserError
+    from brainjax import run
 
     workdir = copy_of_run(one_epoch_run, tmp_path)
     path = os.path.join(workdir, "calibration.json")
@@ -166,11 +166,9 @@ def test_an_abstention_rule_set_at_predict_is_applied(one_epoch_run, scan_files,
     counts = {}
     for rule, overrides in (("ood_max_prob", []), ("ood", ["eval.abstain_rule"])):
         flags.eval.abstain_rule = rule
-        config = inference.inference_config(flags, workdir, overrides)
-        run.predict_files(config, workdir, scan_files, overrides=overrides)
+        assert run.main(flags, workdir, "predict", scan_files, overrides=overrides) == 0
         counts[rule] = capsys.readouterr().out.count("ABSTAIN")
     assert counts == {"ood_max_prob": len(scan_files), "ood": 0}
     flags.eval.abstain_rule = "quality"  # no threshold was fitted for it (no quality head): refused
-    with pytest.raises(UserError, match="fitted no threshold"):
-        run.predict_files(inference.inference_config(flags, workdir, ["eval.abstain_rule"]), workdir, scan_files,
-                          overrides=["eval.abstain_rule"])
+    assert run.main(flags, workdir, "predict", scan_files, overrides=["eval.abstain_rule"]) == 1
+    assert "fitted no threshold" in capsys.readouterr().err
