@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from brainjax import inference, steps, train
-from brainjax.data.pipeline import load_image_file
 from brainjax.evaluators import ood
 
 
@@ -128,7 +127,7 @@ def main():
         images, labels = split_images(pipeline, split)
         sets[name] = {**outputs(feats, images), "label": labels}
     files = ood.image_files(args.ood_dir)
-    sets["ood"] = outputs(feats, np.stack([load_image_file(p, config.image_size) for p in files]))
+    sets["ood"] = outputs(feats, np.stack(ood.readable_images(args.ood_dir, config.image_size)))
     source = np.array([os.path.basename(p).split("_")[0] for p in files])
     tr, va, te, ot = (sets[k] for k in ("train", "val", "test", "ood"))
     k = pipeline.num_classes

@@ -103,7 +103,10 @@ def define_flags() -> None:
         config_flag_error(err)
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
     flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "gallery"], "What to do.")
-    flags.DEFINE_list("images", [], "Image files for --mode=predict / --mode=gallery.")
+    flags.DEFINE_list("images", [], "--mode=predict / --mode=gallery inputs: image files, DICOM files, DICOM series "
+                      "folders, NIfTI volumes, or folders of them (searched recursively).")
+    flags.DEFINE_string("predictions", None, "--mode=predict: also write one CSV row per slice here (source, slice, "
+                        "every class probability, predicted class, quality, ood score, abstain reason).")
     flags.DEFINE_bool("explain", False, "--mode=predict: also write a Grad-CAM overlay per image to "
                       "<workdir>/explain/<name>.png (for the predicted class; names from the inputs' relative paths).")
     flags.DEFINE_bool("distributed", False, "Join a multi-process run: jax.distributed.initialize() with the "
@@ -166,13 +169,13 @@ def main(argv: list[str]) -> None:
         advice = missing_extra(err)
         if advice is None:
             raise
-        fail(f"--mode={FLAGS.mode} reads images through tf.data, as training did: {advice}", code=1)
+        fail(f"--mode={FLAGS.mode} needs it: {advice}", code=1)
 
     # a process silent for half the heartbeat timeout is declared lost, with a line naming it
     parallel.watch_for_peer_failure(stale_s=max(FLAGS.heartbeat_timeout_seconds / 2, 5.0))
     code = runner.main(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.images, explain=FLAGS.explain,
                        overrides=config_overrides(sys.argv[1:]), preempted_exit_code=FLAGS.preempted_exit_code,
-                       heartbeat_timeout_s=FLAGS.heartbeat_timeout_seconds)
+                       heartbeat_timeout_s=FLAGS.heartbeat_timeout_seconds, predictions=FLAGS.predictions)
     if code not in (0, FLAGS.preempted_exit_code) and jax.process_count() > 1:
         # The others are gone or going: jax.distributed's exit-time shutdown barrier
         # would wait for them for minutes. Leave now, with the error already printed.

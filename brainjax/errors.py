@@ -9,7 +9,7 @@ class UserError(ValueError):
 
 
 # Optional packages -> the pip extra that installs them (pyproject.toml).
-EXTRAS = {"tensorflow": "data", "tensorflow_datasets": "data", "kagglehub": "data",
+EXTRAS = {"tensorflow": "data", "tensorflow_datasets": "data", "kagglehub": "data", "pydicom": "data", "nibabel": "data",
           "jax2onnx": "export", "onnx": "export", "onnxruntime": "export"}
 
 

@@ -21,7 +21,8 @@ from typing import Any, Mapping
 
 # Config subtrees / fields of the record, and the paths under them that may change.
 RESUME_FIELDS = ("model", "image_size", "trainable", "optimizer", "batch_size", "input_shards", "dataset",
-                 "train_split", "class_map", "test_fraction", "feature_cache", "fixed_degraded_copy")
+                 "train_split", "class_map", "test_fraction", "slice_axis", "volume_min_foreground", "feature_cache",
+                 "fixed_degraded_copy")
 MAY_CHANGE = ("model.weights_dir", "optimizer.learning_rate", "optimizer.label_smoothing")
 # Derived facts, added once the dataset is known.
 DERIVED_FIELDS = ("class_names", "steps_per_epoch")

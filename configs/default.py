@@ -52,6 +52,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.test_fraction = 0.2
     # 'kaggle': fetch brain_tumor_mri/sartaj or /nickparvar into manual_dir (kagglehub).
     c.download = ""
+    # Volumes (NIfTI) are cut into slices along slice_axis (axial | coronal | sagittal);
+    # slices with less than volume_min_foreground of their pixels lit are skipped
+    # (brainjax/data/decode.py, for builds, predict and eval.ood_dirs alike).
+    c.slice_axis = "axial"
+    c.volume_min_foreground = 0.05
     c.train_split = "train[:90%]"
     c.val_split = "train[90%:]"
     c.test_split = "test"

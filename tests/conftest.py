@@ -68,7 +68,7 @@ def data_dir(tmp_path_factory, worker_id):
         tf.config.set_visible_devices([], "GPU")
         import tensorflow_datasets as tfds
 
-        import brainjax.data  # noqa: F401
+        import brainjax.data.builders  # noqa: F401
 
         tfds.builder("brain_phantom/small", data_dir=path).download_and_prepare()
 

@@ -71,21 +71,20 @@ def test_eval_sees_every_example_exactly_once(smoke_config, eval_batch, process_
     assert sorted(indices) == list(range(120))
 
 
-def test_load_image_file_errors_name_the_file(tmp_path):
-    from brainjax.data.pipeline import load_image_file
-    from brainjax.errors import UserError
+def test_unreadable_files_are_one_line_naming_the_file(tmp_path):
+    from brainjax.data import decode
 
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
-    with pytest.raises(UserError, match="broken.jpg"):
-        load_image_file(str(bad), 32)
-    with pytest.raises(UserError, match="missing.png"):
-        load_image_file(str(tmp_path / "missing.png"), 32)
+    with pytest.raises(decode.UnreadableImage, match="broken.jpg"):
+        decode.read(str(bad))
+    with pytest.raises(decode.UnreadableImage, match="missing.png: no such file"):
+        decode.read(str(tmp_path / "missing.png"))
     from PIL import Image
 
     rgb = tmp_path / "ok.png"
     Image.fromarray(np.full((50, 70, 3), 200, np.uint8)).save(rgb)
-    img = load_image_file(str(rgb), 32)
+    img = decode.model_input(decode.read(str(rgb)).slices[0].pixels, 32)
     assert img.shape == (32, 32, 1) and img.dtype == np.uint8 and abs(int(img.mean()) - 200) <= 1
 
 

@@ -204,7 +204,7 @@ def test_predict_prints_the_temperature_scaled_probabilities(trained_workdir, tm
 
     from brainjax import inference, run
     from brainjax.data import phantom
-    from brainjax.data.pipeline import load_image_file
+    from brainjax.data import decode
 
     workdir = str(tmp_path / "run")
     shutil.copytree(trained_workdir[0], workdir)
@@ -220,7 +220,7 @@ def test_predict_prints_the_temperature_scaled_probabilities(trained_workdir, tm
     ranked = re.search(r"\(((?:[a-z_]+ [0-9.]+\s*){4})\)", printed).group(1).split()
     shown = dict(zip(ranked[0::2], map(float, ranked[1::2])))
     model, variables = inference.restore_for_inference(config, workdir, 4)
-    x = load_image_file(str(image), 48)[None]
+    x = decode.model_inputs(decode.read(str(image)).slices, 48)
     names = inference.class_names(config, workdir)
     for temperature, should_match in ((3.0, True), (1.0, False)):
         p = np.asarray(inference.serving_fn(model, variables, temperature)(x)["probabilities"])[0]

@@ -225,14 +225,23 @@ def _blocked(modules, argv):
 
 
 def test_without_extras_predict_and_export_say_which_extra(one_epoch_run, tmp_path, scan_files):
+    """predict needs no TensorFlow (the decoder is numpy + PIL); a DICOM file without
+    pydicom is one ERROR line naming the extra; export without its converter, one error."""
+    from pydicom.data import get_testdata_file
+
     workdir, _ = one_epoch_run
     predict = subprocess.run([sys.executable, "-c", _blocked(["tensorflow", "tensorflow_datasets"], [
         "brainjax", f"--workdir={workdir}", "--mode=predict", f"--images={scan_files[0]}"])],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert predict.returncode == 1 and "Traceback" not in predict.stderr, predict.stderr[-2000:]
-    errors = [line for line in predict.stderr.splitlines() if "error" in line]
-    assert len(errors) == 1 and errors[0].startswith("brainjax: error: --mode=predict reads images through tf.data")
-    assert errors[0].endswith("is not installed; pip install 'brainjax[data]'")
+    assert predict.returncode == 0 and "Traceback" not in predict.stderr, predict.stderr[-2000:]
+    assert predict.stdout.startswith(f"{scan_files[0]}: ")
+    dicom = subprocess.run([sys.executable, "-c", _blocked(["pydicom"], [
+        "brainjax", f"--workdir={workdir}", "--mode=predict", f"--images={get_testdata_file('MR_small.dcm')},"
+        f"{scan_files[0]}"])], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    errors = [line for line in dicom.stderr.splitlines() if line.startswith("ERROR")]
+    assert dicom.returncode == 1 and "Traceback" not in dicom.stderr, dicom.stderr[-2000:]
+    assert len(errors) == 1 and "MR_small.dcm" in errors[0] and "pip install 'brainjax[data]'" in errors[0]
+    assert dicom.stdout.startswith(f"{scan_files[0]}: ")  # the other file is still scored
     code = ("import sys\nsys.modules['jax2onnx'] = None\nfrom brainjax import export\n"
             f"sys.exit(export.main(['--workdir={workdir}', '--format=onnx', '--out={tmp_path}/m.onnx']))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)

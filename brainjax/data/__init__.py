@@ -1,10 +1,10 @@
-"""Datasets (tfds builders, registered on import) and the tf.data input pipeline.
+"""Datasets and decoding.
 
-TensorFlow is imported here and only here (plus `pipeline`), so the training engine, the
-models and the GPU benchmarks run on machines without TensorFlow.
+  decode         the one decoder (image files, DICOM, NIfTI -> uint8 slices); numpy and PIL only
+  images         duplicate detection and the PNG the builds store
+  builders       registers the tfds builders (imports TensorFlow)
+  pipeline       the tf.data input pipeline (imports TensorFlow)
+
+Importing this package imports nothing heavy: `brainjax.data.decode` runs where neither
+JAX nor TensorFlow is installed (a deployment's onnxruntime runner).
 """
-
-from brainjax.data import brain_phantom  # noqa: F401  (registers `brain_phantom`)
-from brainjax.data import brain_tumor_mri  # noqa: F401  (registers `brain_tumor_mri`)
-from brainjax.data import image_folder  # noqa: F401  (registers `image_folder`)
-

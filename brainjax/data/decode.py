@@ -67,6 +67,7 @@ class Slice:
     index: int  # slice / frame index within the source (0 for a 2-D image)
     group: str  # split group: all slices of one group go to one split
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    of_volume: bool = False  # one of several slices of a volume, series or multi-frame file
 
 
 @dataclasses.dataclass
@@ -86,6 +87,8 @@ def kind_of(path: str) -> str | None:
         return "dicom"
     if lower.endswith(IMAGE_EXTENSIONS):
         return "image"
+    if os.path.basename(path).upper().startswith("DICOMDIR"):  # a media directory, not an image
+        return None
     return "dicom" if has_dicom_marker(path) else None
 
 
@@ -246,7 +249,7 @@ def read_dicom_file(path: str) -> Decoded:
     meta = _dicom_meta(ds)
     scale = float(values.max()) if values.size else 1.0
     group = _group(meta, f"file:{path}")
-    return Decoded([Slice(_dicom_to_uint8(frame, ds, scale), path, i, group, meta)
+    return Decoded([Slice(_dicom_to_uint8(frame, ds, scale), path, i, group, meta, of_volume=len(values) > 1)
                     for i, frame in enumerate(values)])
 
 
@@ -258,6 +261,8 @@ def read_dicom_series(folder: str) -> Decoded:
         if kind_of(path) != "dicom":
             continue
         ds = _dcmread(path)
+        if "PixelData" not in ds:  # a DICOMDIR or another file without an image
+            continue
         series.setdefault(str(ds.get("SeriesInstanceUID", folder)), []).append((path, ds))
     slices = []
     for uid, members in sorted(series.items()):
@@ -265,9 +270,12 @@ def read_dicom_series(folder: str) -> Decoded:
         values = [(_dicom_pixels(ds, path), path, ds) for path, ds in members]
         scale = max(float(v.max()) for v, _, _ in values) if values else 1.0
         for frames, path, ds in values:
-            meta = _dicom_meta(ds)
+            meta = {**_dicom_meta(ds), "file": path}
             group = _group(meta, f"series:{uid}")
-            slices += [Slice(_dicom_to_uint8(f, ds, scale), path, len(slices), group, meta) for f in frames]
+            slices += [Slice(_dicom_to_uint8(f, ds, scale), folder, len(slices), group, meta, of_volume=True)
+                       for f in frames]
+    if not slices:
+        raise UnreadableImage("the folder holds no DICOM file with pixel data")
     return Decoded(slices)
 
 
@@ -309,7 +317,8 @@ def read_nifti(path: str, slice_axis: str = "axial", min_foreground: float = MIN
         if np.mean(pixels > 0.05 * 255) < min_foreground:
             skipped += 1
             continue
-        slices.append(Slice(pixels, path, k, f"volume:{os.path.abspath(path)}", {"slice_axis": slice_axis}))
+        slices.append(Slice(pixels, path, k, f"volume:{os.path.abspath(path)}", {"slice_axis": slice_axis},
+                            of_volume=True))
     return Decoded(slices, skipped)
 
 
@@ -340,9 +349,10 @@ def read(path: str, slice_axis: str = "axial", min_foreground: float = MIN_FOREG
         raise UnreadableImage(f"{path}: {err.strerror or err}") from None
 
 
-def expand_inputs(paths: Iterable[str]) -> list[str]:
+def expand_inputs(paths: Iterable[str], keep_unknown: bool = False) -> list[str]:
     """--images entries as inputs: files as given; a folder recursively, each folder of
-    DICOM files as one series input and every other supported file as its own input."""
+    DICOM files as one series input and every other supported file as its own input
+    (`keep_unknown`: files of no known kind too, for a build to report as unreadable)."""
     out: list[str] = []
     for path in paths:
         if not os.path.isdir(path):
@@ -354,7 +364,7 @@ def expand_inputs(paths: Iterable[str]) -> list[str]:
             kinds = {f: kind_of(f) for f in files}
             if any(k == "dicom" for k in kinds.values()):
                 out.append(dirpath)
-            out += [f for f, k in kinds.items() if k in ("image", "nifti")]
+            out += [f for f, k in kinds.items() if k in ("image", "nifti") or (keep_unknown and k is None)]
     return out
 
 
@@ -366,6 +376,19 @@ def cap_size(gray: np.ndarray, max_size: int = MAX_SIZE) -> np.ndarray:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         return np.asarray(Image.fromarray(gray).resize(size, Image.LANCZOS), np.uint8)
     return gray
+
+
+def as_gray(pixels: np.ndarray) -> np.ndarray:
+    """uint8 [H, W], [H, W, 1] or [H, W, 3|4] -> uint8 [H, W] (luma as PIL's "L"; alpha
+    composited on black)."""
+    if pixels.ndim == 2:
+        return pixels
+    if pixels.shape[-1] == 1:
+        return pixels[..., 0]
+    if pixels.shape[-1] == 4:
+        rgba = Image.fromarray(pixels, "RGBA")
+        return np.asarray(Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("L"))
+    return np.asarray(Image.fromarray(pixels[..., :3], "RGB").convert("L"))
 
 
 def resize(gray: np.ndarray, size: int) -> np.ndarray:

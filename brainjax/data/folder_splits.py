@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from brainjax import files
-from brainjax.data import images
+from brainjax.data import decode, images
 from brainjax.errors import UserError
 
 log = logging.getLogger("brainjax")
@@ -38,8 +38,9 @@ SPLIT_NAMES = ("train", "test", "test_dedup", "train_sub", "validation")
 class Record:
     split_dir: str  # TRAIN | TEST
     label: int
-    relpath: str  # relative to the dataset root
+    relpath: str  # relative to the dataset root; "<file>#<slice>" for a slice of a volume or series
     path: str
+    group: str = ""  # split group (groups.csv, else the decoder's: patient, series, volume, file)
 
 
 def stratified_group_split(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -70,23 +71,56 @@ class SplitPlan:
     split_seed: int = 0
     # Share of the files held out as `test` when no record is in TEST (no test folder).
     test_fraction: float = 0.0
+    read_options: dict | None = None  # decode.read options (slice_axis, min_foreground)
 
 
-def decode_all(records: Sequence[Record], max_size: int):
-    """(readable records, unreadable report rows, DuplicateIndex, PNG bytes by relpath)."""
-    index, readable, unreadable, encoded = images.DuplicateIndex(), [], [], {}
+def decode_all(records: Sequence[Record], max_size: int, options: dict | None = None):
+    """(readable slice records, unreadable report rows, DuplicateIndex, PNG bytes by
+    relpath, skipped empty slices). Each input (an image, a DICOM file or series folder,
+    a NIfTI volume) becomes one record per slice, read by `brainjax.data.decode`; exact
+    duplicates are by file bytes for a 2-D file, by pixels for a slice."""
+    index, readable, unreadable, encoded, skipped = images.DuplicateIndex(), [], [], {}, 0
     for rec in records:
         try:
-            with open(rec.path, "rb") as f:
-                data = f.read()
-            gray = images.decode_grayscale(data, max_size)
-        except (images.UnreadableImage, OSError) as err:
-            unreadable.append({"file": rec.relpath, "error": str(err)})
+            decoded = decode.read(rec.path, **(options or {}))
+        except decode.UnreadableImage as err:
+            unreadable.append({"file": rec.relpath, "error": str(err).split(": ", 1)[-1]})
             continue
-        index.add(rec.relpath, data, gray)
-        encoded[rec.relpath] = images.encode_png(gray)
-        readable.append(rec)
-    return readable, unreadable, index, encoded
+        skipped += decoded.skipped
+        for s in decoded.slices:
+            relpath = f"{rec.relpath}#{s.index:04d}" if s.of_volume else rec.relpath
+            gray = decode.cap_size(s.pixels, max_size)
+            index.add(relpath, _file_bytes(rec.path) if not s.of_volume else s.pixels.tobytes(), gray)
+            encoded[relpath] = images.encode_png(gray)
+            readable.append(dataclasses.replace(rec, relpath=relpath, group=rec.group or s.group))
+    return readable, unreadable, index, encoded, skipped
+
+
+def _file_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def split_groups(readable: Sequence[Record], near: Sequence[Sequence[int]]) -> np.ndarray:
+    """One group id per slice: slices of one patient, series, volume or groups.csv group,
+    and near-duplicate slices, are joined (union-find), so a split never separates them."""
+    parent = list(range(len(readable)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, rec in enumerate(readable):
+        if rec.group:
+            parent[find(i)] = find(first.setdefault(rec.group, i))
+    for g in near:  # near groups include the exact ones
+        for j in g[1:]:
+            parent[find(j)] = find(g[0])
+    roots = [find(i) for i in range(len(readable))]
+    return np.array(roots)
 
 
 def plan_splits(records: Sequence[Record], root: str, class_names: Sequence[str], plan: SplitPlan,
@@ -94,15 +128,13 @@ def plan_splits(records: Sequence[Record], root: str, class_names: Sequence[str]
     """Decodes every file once (hash + thumbnail, and the PNG the splits store: a training
     image sits in two splits, train and train_sub/validation), finds duplicates, builds the
     splits. Returns (splits, report, PNG bytes by relpath)."""
-    readable, unreadable, index, encoded = decode_all(records, plan.max_size)
+    readable, unreadable, index, encoded, skipped = decode_all(records, plan.max_size, plan.read_options)
     if not readable:
         raise UserError(f"{root}: none of the {len(records)} files is a readable image "
                         f"(first: {unreadable[0]['file'] if unreadable else 'none'}: "
                         f"{unreadable[0]['error'] if unreadable else ''}); expected PNG/JPEG/... slices")
     exact, near = images.duplicate_groups(index, plan.near_threshold)
-    group = np.arange(len(readable))
-    for g in near:  # near groups include the exact ones
-        group[g] = min(g)
+    group = split_groups(readable, near)
     labels = np.array([r.label for r in readable])
     is_test = np.array([r.split_dir == TEST for r in readable])
     if not is_test.any() and plan.test_fraction > 0:
@@ -118,9 +150,10 @@ def plan_splits(records: Sequence[Record], root: str, class_names: Sequence[str]
         train_match = [j for j in members if not is_test[j]]
         if int(group[i]) in train_groups:
             j = max(train_match, key=lambda j: sim[i, j])
-            reason = "exact" if index.hashes[i] == index.hashes[j] else "near"
+            reason = ("exact duplicate" if index.hashes[i] == index.hashes[j] else "near duplicate"
+                      if sim[i, j] >= plan.near_threshold else f"same {rec.group.replace(':', ' ', 1)}")
             removed.append({"file": rec.relpath, "label": class_names[rec.label],
-                            "reason": f"{reason} duplicate in Training", "match": readable[j].relpath,
+                            "reason": f"{reason} in Training", "match": readable[j].relpath,
                             "match_label": class_names[readable[j].label], "similarity": round(float(sim[i, j]), 4)})
         elif int(group[i]) in seen_groups:
             removed.append({"file": rec.relpath, "label": class_names[rec.label],
@@ -140,11 +173,14 @@ def plan_splits(records: Sequence[Record], root: str, class_names: Sequence[str]
         "train_sub": [readable[i] for i, h in zip(train_idx, held) if not h],
         "validation": [readable[i] for i, h in zip(train_idx, held) if h],
     }
+    group_of = {r.relpath: int(g) for r, g in zip(readable, group)}
     per_class = lambda recs: {c: sum(r.label == k for r in recs) for k, c in enumerate(class_names)}
     report = {
         "dataset": dataset, "config": config_name, "root": root, "files_found": len(records), "class_names": list(class_names),
         "near_threshold": plan.near_threshold, "thumbnail": images.THUMB,
-        "splits": {k: {"count": len(v), "per_class": per_class(v)} for k, v in splits.items()},
+        "splits": {k: {"count": len(v), "groups": len({group_of[r.relpath] for r in v}), "per_class": per_class(v)}
+                   for k, v in splits.items()},
+        "empty_slices_skipped": int(skipped),
         "unreadable": unreadable,
         "exact_duplicate_groups": len(exact),
         "exact_redundant_copies": int(sum(len(g) - 1 for g in exact)),
@@ -169,9 +205,12 @@ def dedup_markdown(report: dict) -> str:
     names = report["class_names"]
     lines = [f"# {report['dataset']}/{report['config']}: build and deduplication report", "",
              f"Source: `{report['root']}`, {report['files_found']} files.", "",
-             "| split | images | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+             "| split | images | groups | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
     for name, s in report["splits"].items():
-        lines.append(f"| {name} | {s['count']} | " + " | ".join(str(s["per_class"][c]) for c in names) + " |")
+        lines.append(f"| {name} | {s['count']} | {s.get('groups', '')} | "
+                     + " | ".join(str(s["per_class"][c]) for c in names) + " |")
+    lines += ["", "Groups: slices of one patient (DICOM Patient ID), series, volume or groups.csv group, and "
+              "near-duplicate slices, always share a split."]
     lines += ["", f"- unreadable files skipped: {len(report['unreadable'])}"]
     lines += [f"  - `{u['file']}`: {u['error']}" for u in report["unreadable"]]
     lines += [f"- byte-identical copies: {report['exact_redundant_copies']} redundant files in "

@@ -9,6 +9,11 @@ Layouts:
   DIR/<class>/... + DIR/test/<class>/  the test folder is the test set
   DIR/train/<class>/ + DIR/test/<class>/  likewise (also Training/ and Testing/)
 
+Inside a class folder: image files, DICOM files, folders of DICOM files (a series) and
+NIfTI volumes (`brainjax.data.decode`; a volume or series becomes one example per
+slice). All slices of one volume, series or DICOM Patient ID share a split; JPEG / PNG
+sets without such metadata can give DIR/groups.csv (rows: relative path, group).
+
 Class names are the sub-folder names in sorted order (Keras' order). `class_map` renames or
 merges folders: "no_tumor=normal,glioma_tumor=tumor,meningioma_tumor=tumor" or a dict;
 folders it does not name keep their name.
@@ -23,6 +28,7 @@ and modification time), gets a new one.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import os
@@ -31,7 +37,7 @@ from typing import Any, Mapping
 
 import tensorflow_datasets as tfds
 
-from brainjax.data import folder_splits, images
+from brainjax.data import decode, folder_splits, images
 from brainjax.errors import UserError
 
 TEST_DIRS = ("test", "Test", "Testing", "testing")
@@ -47,8 +53,10 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
     test_fraction: float = 0.2
     val_fraction: float = 0.2
     split_seed: int = 0
-    max_size: int = 256
+    max_size: int = decode.MAX_SIZE
     near_threshold: float = images.NEAR_THRESHOLD
+    slice_axis: str = "axial"  # how NIfTI volumes are cut (decode.read)
+    min_foreground: float = decode.MIN_FOREGROUND
 
 
 def parse_class_map(class_map: str | Mapping[str, str] | None) -> dict[str, str]:
@@ -91,7 +99,8 @@ def find_layout(manual_dir: str | None) -> tuple[str, str]:
 
 
 def folder_config(manual_dir: str | None, class_map: Any = None, *, test_fraction: float = 0.2,
-                  val_fraction: float = 0.2, split_seed: int = 0) -> ImageFolderConfig:
+                  val_fraction: float = 0.2, split_seed: int = 0, slice_axis: str = "axial",
+                  min_foreground: float = decode.MIN_FOREGROUND) -> ImageFolderConfig:
     """The tfds config for one folder: class names from its sub-folders (after `class_map`)."""
     root, test_root = find_layout(manual_dir)
     mapping = parse_class_map(class_map)
@@ -112,14 +121,19 @@ def folder_config(manual_dir: str | None, class_map: Any = None, *, test_fractio
         extra = sorted(set(subfolders(test_root)) - set(folders))
         if extra:
             raise UserError(f"{test_root}: class folders {extra} are not among the training classes {folders}")
-    key = repr((root, test_root, folder_labels, names, test_fraction, val_fraction, split_seed,
-                manifest(root, test_root, [d for d, _ in folder_labels])))
+    if slice_axis not in decode.SLICE_AXES:
+        raise UserError(f"config.slice_axis={slice_axis!r} must be one of {sorted(decode.SLICE_AXES)}")
+    groups_file = os.path.join(os.path.abspath(os.path.expanduser(str(manual_dir))), GROUPS_FILE)
+    key = repr((root, test_root, folder_labels, names, test_fraction, val_fraction, split_seed, slice_axis,
+                min_foreground, manifest(root, test_root, [d for d, _ in folder_labels]),
+                open(groups_file, "rb").read() if os.path.isfile(groups_file) else b""))
     slug = re.sub(r"[^A-Za-z0-9_]+", "_", os.path.basename(os.path.dirname(root) if root.endswith(TRAIN_DIRS)
                                                             else root)).strip("_")[:40] or "folder"
     name = f"{slug}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
     return ImageFolderConfig(name=name, description=f"class folders of {root}", root=root, test_root=test_root,
                              class_names=tuple(names), folder_labels=folder_labels, test_fraction=test_fraction,
-                             val_fraction=val_fraction, split_seed=split_seed)
+                             val_fraction=val_fraction, split_seed=split_seed, slice_axis=slice_axis,
+                             min_foreground=float(min_foreground))
 
 
 def walk_files(folder: str):
@@ -143,16 +157,41 @@ def manifest(root: str, test_root: str, folders: list[str]) -> str:
     return digest.hexdigest()
 
 
-def scan(cfg: ImageFolderConfig) -> list[folder_splits.Record]:
-    """Every non-hidden file under the class folders, sorted by path."""
+GROUPS_FILE = "groups.csv"
+
+
+def read_groups(manual_dir: str) -> dict[str, str]:
+    """{absolute path: group} from `<manual_dir>/groups.csv` (rows: relative path, group;
+    a header row 'path,group' is allowed): for JPEG / PNG sets whose files carry no
+    patient identity. One line naming the row when it is malformed."""
+    path = os.path.join(manual_dir, GROUPS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    out = {}
+    with open(path, newline="") as f:
+        for n, row in enumerate(csv.reader(f), start=1):
+            if not row or (n == 1 and [c.strip().lower() for c in row[:2]] == ["path", "group"]):
+                continue
+            if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                raise UserError(f"{path}, row {n}: expected 'relative path,group', got {row!r}")
+            out[os.path.abspath(os.path.join(manual_dir, row[0].strip()))] = f"group:{row[1].strip()}"
+    return out
+
+
+def scan(cfg: ImageFolderConfig, manual_dir: str | None = None) -> list[folder_splits.Record]:
+    """Every input under the class folders (image files, DICOM files and series folders,
+    NIfTI volumes; other files, to be reported unreadable), sorted by path; each with its
+    groups.csv group where it has one."""
     common = os.path.commonpath([cfg.root, cfg.test_root]) if cfg.test_root else cfg.root
+    groups = read_groups(manual_dir) if manual_dir else {}
     records = []
     for split_dir, base in ((folder_splits.TRAIN, cfg.root), (folder_splits.TEST, cfg.test_root)):
         if not base:
             continue
         for folder, label in cfg.folder_labels:
-            for path in walk_files(os.path.join(base, folder)):
-                records.append(folder_splits.Record(split_dir, label, os.path.relpath(path, common), path))
+            for path in decode.expand_inputs([os.path.join(base, folder)], keep_unknown=True):
+                records.append(folder_splits.Record(split_dir, label, os.path.relpath(path, common), path,
+                                                    group=groups.get(os.path.abspath(path), "")))
     if not records:
         raise UserError(f"{cfg.root}: the class folders {[d for d, _ in cfg.folder_labels]} hold no files")
     return sorted(records, key=lambda r: (r.split_dir, r.relpath))
@@ -180,9 +219,12 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
         cfg = self.builder_config
         plan = folder_splits.SplitPlan(max_size=cfg.max_size, near_threshold=cfg.near_threshold,
                                        val_fraction=cfg.val_fraction, split_seed=cfg.split_seed,
-                                       test_fraction=0.0 if cfg.test_root else cfg.test_fraction)
-        splits, report, encoded = folder_splits.plan_splits(scan(cfg), cfg.root, cfg.class_names, plan,
-                                                            self.name, cfg.name)
+                                       test_fraction=0.0 if cfg.test_root else cfg.test_fraction,
+                                       read_options={"slice_axis": cfg.slice_axis,
+                                                     "min_foreground": cfg.min_foreground})
+        manual_dir = os.path.dirname(cfg.root) if os.path.basename(cfg.root) in TRAIN_DIRS else cfg.root
+        splits, report, encoded = folder_splits.plan_splits(scan(cfg, manual_dir), cfg.root, cfg.class_names,
+                                                            plan, self.name, cfg.name)
         report["test_root"] = cfg.test_root or None
         report["folder_labels"] = {d: cfg.class_names[k] for d, k in cfg.folder_labels}
         return folder_splits.finish_build(f"image_folder/{cfg.name}", self.report_dir(), splits, report,

@@ -1,8 +1,6 @@
-"""Robust image-file decoding and duplicate detection for real-world MRI folders.
+"""Duplicate detection for real-world MRI folders, and the PNG bytes a build stores.
 
-No TensorFlow: PIL decodes whatever the file really is (a PNG named .jpg, palette, RGBA,
-16-bit, EXIF-rotated), so one odd file never stops a build; unreadable files are returned
-as failures for the build report.
+Decoding is `brainjax.data.decode` (one rule for every entry point); no TensorFlow.
 
 Duplicates:
   exact  sha256 of the file bytes;
@@ -19,46 +17,20 @@ import io
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from brainjax.data import decode
 
 THUMB = 32
 NEAR_THRESHOLD = 0.98  # middle of the plateau on Sartaj: 0.97..0.99 all find the same 259 test leaks
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
-
-
-class UnreadableImage(Exception):
-    pass
+IMAGE_EXTENSIONS = decode.IMAGE_EXTENSIONS
+UnreadableImage = decode.UnreadableImage
 
 
 def decode_grayscale(data: bytes, max_size: int | None = None) -> np.ndarray:
-    """File bytes -> uint8 [H, W] grayscale, EXIF orientation applied, 16-bit rescaled,
-    alpha dropped, longest side capped at `max_size` (antialiased). Raises UnreadableImage."""
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()  # forces a full decode: truncated files fail here
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(img, dtype=np.float64)
-            hi = arr.max() if arr.max() > 0 else 1.0
-            img = Image.fromarray((arr / hi * 255.0 + 0.5).astype(np.uint8))
-        elif img.mode == "F":
-            arr = np.asarray(img, dtype=np.float64)
-            lo, hi = arr.min(), arr.max()
-            img = Image.fromarray(((arr - lo) / max(hi - lo, 1e-12) * 255.0 + 0.5).astype(np.uint8))
-        elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            img = img.convert("RGBA")
-            background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-            img = Image.alpha_composite(background, img)
-        img = img.convert("L")
-        if max_size and max(img.size) > max_size:
-            scale = max_size / max(img.size)
-            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
-        arr = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise UnreadableImage(f"{type(err).__name__}: {str(err)[:160]}") from None
-    if arr.ndim != 2 or arr.size == 0:
-        raise UnreadableImage(f"unexpected image shape {arr.shape}")
-    return arr
+    """File bytes of a 2-D image -> uint8 [H, W] by the decoder's rule (`decode`),
+    longest side capped at `max_size`. Raises UnreadableImage."""
+    return decode.cap_size(decode.decode_image_bytes(data), max_size or 0)
 
 
 def encode_png(gray: np.ndarray) -> bytes:

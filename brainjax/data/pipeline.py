@@ -38,50 +38,34 @@ import tensorflow_datasets as tfds
 
 tf.config.set_visible_devices([], "GPU")  # tf.data only: keep TensorFlow off the accelerators JAX uses
 
-import brainjax.data  # noqa: F401  (registers builders)
+import brainjax.data.builders  # noqa: F401  (registers the builders)
 from brainjax import parallel
-from brainjax.data import image_folder, kaggle
+from brainjax.data import decode, image_folder, kaggle
 
 Batch = dict[str, np.ndarray]
 
 
+def host_gray_resized(image: np.ndarray, size: int) -> np.ndarray:
+    """A stored example (uint8 [H, W, 1|3|4], or a wider dtype) -> uint8 [size, size, 1]
+    by the decoder's rules (`decode.to_uint8`, `decode.as_gray`, `decode.resize`): the
+    resize --mode=predict uses too."""
+    return decode.resize(decode.as_gray(decode.to_uint8(np.asarray(image))), size)[..., None]
+
+
 def to_gray_resized(image: tf.Tensor, size: int) -> tf.Tensor:
-    """Any decoded image (H, W, 1|3|4, uint8/uint16) -> uint8 [size, size, 1]."""
-    image = tf.convert_to_tensor(image)
-    if image.dtype != tf.uint8:
-        image = tf.image.convert_image_dtype(image, tf.uint8, saturate=True)
-    channels = image.shape[-1]
-    if channels == 4:
-        image = image[..., :3]
-    if channels in (3, 4):
-        image = tf.image.rgb_to_grayscale(image)
-    if image.shape[0] != size or image.shape[1] != size:  # also true for unknown (None) sizes
-        image = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear", antialias=True)
-        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-    return tf.ensure_shape(image, (size, size, 1))
-
-
-def load_image_file(path: str, size: int) -> np.ndarray:
-    """Reads one image file for prediction: uint8 [size, size, 1].
-
-    Raises ValueError naming the file when it is missing or cannot be decoded.
-    """
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
-    try:
-        data = tf.io.read_file(path)
-        image = tf.io.decode_image(data, channels=0, expand_animations=False)
-        return to_gray_resized(image, size).numpy()
-    except (tf.errors.InvalidArgumentError, tf.errors.OpError) as err:
-        raise UserError(f"{path}: not a readable image ({err.message.splitlines()[0][:120]})") from None
+    """`host_gray_resized` inside tf.data (run once per example: it comes before the cache)."""
+    out = tf.numpy_function(lambda x: host_gray_resized(x, size), [image], tf.uint8, stateful=False)
+    return tf.ensure_shape(out, (size, size, 1))
 
 
 def dataset_builder(name: str, data_dir: str | None, manual_dir: str | None, *, class_map: Any = None,
-                    test_fraction: float = 0.2):
+                    test_fraction: float = 0.2, slice_axis: str = "axial",
+                    min_foreground: float = decode.MIN_FOREGROUND):
     """The tfds builder of `config.dataset` (not built yet); for `image_folder`, the config of
     that folder. Unknown names are UserErrors."""
     if name.split("/")[0] == "image_folder":
-        cfg = image_folder.folder_config(manual_dir, class_map, test_fraction=test_fraction)
+        cfg = image_folder.folder_config(manual_dir, class_map, test_fraction=test_fraction, slice_axis=slice_axis,
+                                         min_foreground=min_foreground)
         return image_folder.ImageFolder(config=cfg, data_dir=data_dir)
     try:
         return tfds.builder(name, data_dir=data_dir)
@@ -104,7 +88,9 @@ def checked_builder(config: Mapping[str, Any]):
     if download:
         kaggle.check(download, name, manual_dir)
     builder = dataset_builder(name, config.get("data_dir"), manual_dir, class_map=config.get("class_map"),
-                              test_fraction=float(config.get("test_fraction", 0.2)))
+                              test_fraction=float(config.get("test_fraction", 0.2)),
+                              slice_axis=str(config.get("slice_axis") or "axial"),
+                              min_foreground=float(config.get("volume_min_foreground", decode.MIN_FOREGROUND)))
     if download or builder.is_prepared():
         return builder
     folder = _manual_folder(manual_dir)
@@ -129,7 +115,8 @@ def builder_for(config: Mapping[str, Any]):
     return builder
 
 
-DATASET_FIELDS = ("dataset", "data_dir", "manual_dir", "class_map", "test_fraction", "download")
+DATASET_FIELDS = ("dataset", "data_dir", "manual_dir", "class_map", "test_fraction", "download", "slice_axis",
+                  "volume_min_foreground")
 
 
 def prepared_builder(name: str, data_dir: str | None, manual_dir: str | None, *, class_map: Any = None,

@@ -34,12 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from brainjax import parallel, steps
+from brainjax.data import decode
 from brainjax.errors import UserError
 
 log = logging.getLogger("brainjax")
 METHODS = ("mahalanobis", "mahalanobis_l2", "energy", "max_prob")
 DEFAULT_DIRS = ("../shared/data/other_sequences",)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def logits_and_pooled(model: Any, variables: Mapping, images: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -187,12 +187,9 @@ def separation(in_scores: np.ndarray, out_scores: np.ndarray) -> dict:
 
 
 def image_files(folder: str) -> list[str]:
-    """Image files directly or below `folder`, sorted."""
-    found = []
-    for dirpath, dirnames, files in os.walk(folder):
-        dirnames.sort()
-        found += [os.path.join(dirpath, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
-    return found
+    """The inputs `brainjax.data.decode` reads below `folder` (image files, DICOM series,
+    NIfTI volumes), sorted."""
+    return decode.expand_inputs([folder])
 
 
 def ood_folders(config: Any) -> list[str]:
@@ -210,7 +207,7 @@ def ood_folders(config: Any) -> list[str]:
             raise UserError(f"eval.ood_dirs: {folder} is not a folder; give folders of image files from other "
                             "sites or sequences (or eval.ood_dirs=())")
         if not image_files(folder):
-            raise UserError(f"eval.ood_dirs: {folder} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            raise UserError(f"eval.ood_dirs: {folder} holds no image files (image files, DICOM or NIfTI)")
         folders.append(folder)
     return folders
 
@@ -248,15 +245,18 @@ def summarize(in_scores: Mapping[str, np.ndarray], out_sets: Mapping[str, Mappin
     return {"method": chosen, "keep": keep, "fitted_on": "validation", "methods": methods}
 
 
-def readable_images(folder: str, size: int, load_image: Callable[[str, int], np.ndarray]) -> list[np.ndarray]:
-    """The folder's images as the pipeline decodes them; an unreadable file is skipped with
-    a warning (after training, a bad file must not cost the report)."""
+def readable_images(folder: str, size: int, options: Mapping[str, Any] | None = None) -> list[np.ndarray]:
+    """Every slice below `folder` as the model sees it (`decode.model_input`: read as a
+    dataset build and predict read it); an unreadable file is skipped with a warning
+    (after training, a bad file must not cost the report)."""
     images = []
     for path in image_files(folder):
         try:
-            images.append(load_image(path, size))
-        except UserError as err:
+            decoded = decode.read(path, **(options or {}))
+        except decode.UnreadableImage as err:
             log.warning("eval.ood_dirs: skipping %s", err)
+            continue
+        images += [decode.model_input(s.pixels, size) for s in decoded.slices]
     return images
 
 
@@ -347,7 +347,7 @@ def histogram(in_scores: np.ndarray, out_sets: Mapping[str, np.ndarray], bins: i
 
 
 def evaluate_ood(config: Any, fns: OodFns, rvariables: Any, pipeline: Any, rng: jax.Array, temperature: float,
-                 max_prob_threshold: float, load_image: Callable[[str, int], np.ndarray]) -> tuple[dict, dict, dict]:
+                 max_prob_threshold: float) -> tuple[dict, dict, dict]:
     """(report["ood"], the OOD rules' selective rows on the test split, the Gaussian
     statistics). Validation is the in-distribution set; the test split and every
     eval.ood_dirs folder are scored against it."""
@@ -363,7 +363,9 @@ def evaluate_ood(config: Any, fns: OodFns, rvariables: Any, pipeline: Any, rng: 
     out_sets = {config.test_split: scores(split_outputs["test"]["logits"], split_outputs["test"]["pooled"], stats,
                                           temperature)}
     for folder in ood_folders(config):
-        images = readable_images(folder, int(config.image_size), load_image)
+        images = readable_images(folder, int(config.image_size),
+                                 {"slice_axis": str(config.get("slice_axis", "axial")),
+                                  "min_foreground": float(config.get("volume_min_foreground", decode.MIN_FOREGROUND))})
         if not images:
             log.warning("eval.ood_dirs: no readable image in %s; not scored", folder)
             continue

@@ -169,11 +169,9 @@ def evaluate(config: Any, eval_fns: Mapping, rvariables: Any, pipeline: Any, rng
             validation, predictions, float(config.eval.get("abstain_target_accuracy", 0.95)),
             "max_prob" if rule in ood.OOD_RULES else rule)
         if ood_fns is not None:
-            from brainjax.data.pipeline import load_image_file
-
             report["ood"], rows, ood_stats = ood.evaluate_ood(
                 config, ood_fns, rvariables, pipeline, rng, report["calibration"]["temperature"],
-                report["selective"]["rules"]["max_prob"]["threshold"], load_image_file)
+                report["selective"]["rules"]["max_prob"]["threshold"])
             report["selective"]["rules"].update(rows)
             if rule in ood.OOD_RULES:
                 report["selective"].update({"rule": rule, **rows[rule]})
