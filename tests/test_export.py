@@ -140,36 +140,42 @@ def test_export_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, capsys
     assert not os.path.exists(nockpt / "export" / "model")
 
 
-def test_readme_onnx_runner_classifies_a_jpeg_without_brainjax(tmp_path):
-    """The README's 10-line onnxruntime runner, run as written on an exported model, in a
-    process that cannot import brainjax or JAX."""
+def test_readme_onnx_runner_decodes_as_training_and_predict(tmp_path):
+    """The README's onnxruntime runner, run as written on an exported model, in a process
+    that cannot import JAX or TensorFlow, on a JPEG and a DICOM file: the probabilities
+    of --mode=predict for the same files, and ABSTAIN where predict abstains."""
     pytest.importorskip("jax2onnx")
     pytest.importorskip("onnxruntime")
+    pydicom_data = pytest.importorskip("pydicom.data")
     from PIL import Image
 
+    from brainjax import run
     from brainjax.data import phantom
 
     readme = open(os.path.join(ROOT, "README.md")).read()
-    block = readme.split("Classifying a JPEG without brainjax")[1].split("```python\n")[1].split("```")[0]
-    assert len(block.strip().splitlines()) <= 12
-    workdir, model, variables = _fake_run(tmp_path, "tiny", 32)
+    block = readme.split("Classifying a scan without JAX")[1].split("```python\n")[1].split("```")[0]
+    assert len(block.strip().splitlines()) <= 18
+    workdir, _, _ = _fake_run(tmp_path, "tiny", 32)
     # an abstention rule no prediction can pass: the runner must say ABSTAIN
     with open(os.path.join(workdir, inference.CALIBRATION_FILE), "w") as f:
         json.dump({"temperature": 1.3, "rule": "max_prob", "target_accuracy": 0.95, "thresholds": {"max_prob": 1.01}}, f)
     path = export.export(workdir, "onnx")
     jpeg = tmp_path / "scan.jpg"
-    Image.fromarray(phantom.generate_slice(3, 0, 1, 32)[..., 0]).save(jpeg, quality=95)
+    Image.fromarray(phantom.generate_slice(3, 0, 1, 80)[..., 0]).save(jpeg, quality=95)
+    dicom = pydicom_data.get_testdata_file("MR_small.dcm")
     script = tmp_path / "runner.py"
-    script.write_text("import sys; sys.modules['jax'] = None; sys.modules['brainjax'] = None\n"
-                      + block.replace("runs/default/export/model.onnx", path))
-    out = subprocess.run([sys.executable, str(script), str(jpeg)], cwd=str(tmp_path), capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    name, _ = out.stdout.split(" ", 1)
-    assert out.stdout.strip().endswith("ABSTAIN")
-    image = np.asarray(Image.open(jpeg).convert("L").resize((32, 32), Image.BILINEAR), np.uint8)[None, :, :, None]
-    want = _reference(model, variables, image)[0]
-    assert name == ["glioma", "meningioma", "no_tumor", "pituitary"][int(want.argmax())]
+    script.write_text("import sys\nfor m in ('jax', 'jaxlib', 'flax', 'tensorflow'): sys.modules[m] = None\n"
+                      f"sys.path.insert(0, {ROOT!r})\n" + block.replace("runs/default/export/model.onnx", path))
+    config = inference.inference_config(inference.load_run_config(workdir), workdir)
+    for scan in (str(jpeg), dicom):
+        out = subprocess.run([sys.executable, str(script), scan], cwd=str(tmp_path), capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip().endswith("ABSTAIN")
+        shown = eval(out.stdout.split(" ", 3)[3].rsplit(" ", 1)[0])  # the printed {class: probability}
+        pred = run.predict_images(config, workdir, [scan])
+        np.testing.assert_allclose(list(shown.values()), pred["probabilities"][0], atol=6e-4)
+        assert bool(pred["abstain"][0])
 
 
 def _gap_threshold(scores):

@@ -270,13 +270,13 @@ def read_dicom_series(folder: str) -> Decoded:
         values = [(_dicom_pixels(ds, path), path, ds) for path, ds in members]
         scale = max(float(v.max()) for v, _, _ in values) if values else 1.0
         for frames, path, ds in values:
-            meta = {**_dicom_meta(ds), "file": path}
+            meta = {**_dicom_meta(ds), "file": path, "frames": len(frames)}
             group = _group(meta, f"series:{uid}")
-            slices += [Slice(_dicom_to_uint8(f, ds, scale), folder, len(slices), group, meta, of_volume=True)
-                       for f in frames]
+            slices += [Slice(_dicom_to_uint8(f, ds, scale), folder, len(slices), group, {**meta, "frame": k})
+                       for k, f in enumerate(frames)]
     if not slices:
         raise UnreadableImage("the folder holds no DICOM file with pixel data")
-    return Decoded(slices)
+    return Decoded([dataclasses.replace(s, of_volume=len(slices) > 1) for s in slices])
 
 
 def _series_order(ds: Any, path: str) -> tuple:

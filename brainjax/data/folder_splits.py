@@ -88,12 +88,23 @@ def decode_all(records: Sequence[Record], max_size: int, options: dict | None = 
             continue
         skipped += decoded.skipped
         for s in decoded.slices:
-            relpath = f"{rec.relpath}#{s.index:04d}" if s.of_volume else rec.relpath
+            relpath = slice_relpath(rec, s)
             gray = decode.cap_size(s.pixels, max_size)
-            index.add(relpath, _file_bytes(rec.path) if not s.of_volume else s.pixels.tobytes(), gray)
+            single_file = not s.of_volume and not s.meta.get("file")
+            index.add(relpath, _file_bytes(rec.path) if single_file else s.pixels.tobytes(), gray)
             encoded[relpath] = images.encode_png(gray)
             readable.append(dataclasses.replace(rec, relpath=relpath, group=rec.group or s.group))
     return readable, unreadable, index, encoded, skipped
+
+
+def slice_relpath(rec: Record, s: decode.Slice) -> str:
+    """A slice's name in the dataset: its file's relative path (a series' own file), with
+    '#<index>' for one of several slices of that file (a volume, a multi-frame file)."""
+    relpath = rec.relpath
+    if s.meta.get("file"):  # a DICOM series: each slice has its file
+        relpath = os.path.normpath(os.path.join(rec.relpath, os.path.relpath(s.meta["file"], rec.path)))
+        return f"{relpath}#{s.meta['frame']:04d}" if s.meta.get("frames", 1) > 1 else relpath
+    return f"{relpath}#{s.index:04d}" if s.of_volume else relpath
 
 
 def _file_bytes(path: str) -> bytes:
