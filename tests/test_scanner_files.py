@@ -309,3 +309,39 @@ def test_predict_over_a_folder_reads_series_volumes_and_images_and_names_bad_fil
     assert "broken.png" in err
     assert sum("volume summary" in line for line in out.splitlines()) == 2  # the series and the volume
     assert sum(line.startswith(str(folder / "series") + "[slice ") for line in out.splitlines()) == 7
+
+
+def test_the_shipped_files_through_an_image_folder_build_and_predict(one_epoch_run, tmp_path, capsys):
+    """pydicom's MR_small family and series folder, nibabel's anatomical.nii and 4-D
+    example: built into a dataset (the unreadable ones listed with why) and predicted
+    (one ERROR line each for the unreadable; the decodable encodings of MR_small agree)."""
+    import tensorflow_datasets as tfds
+
+    from brainjax import inference, run
+    from brainjax.data import pipeline
+
+    tree = tmp_path / "shipped"
+    names = ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"]
+    for name in names:
+        shutil.copy(get_testdata_file(name), _mk(tree / "a" / name[:-4]) / name)  # each its own "series"
+    shutil.copytree(SERIES, tree / "b" / "MR700")
+    for name in ("anatomical.nii", "example4d.nii.gz"):
+        shutil.copy(os.path.join(NIFTI_DIR, name), tree / "b" / name)
+    builder = pipeline.prepared_builder("image_folder", str(tmp_path / "tfds"), str(tree), test_fraction=0.0)
+    report = json.load(open(os.path.join(builder.report_dir(), "build_report.json")))
+    unreadable = {u["file"]: u["error"] for u in report["unreadable"]}
+    assert "4-D" in unreadable.pop(os.path.join("b", "example4d.nii.gz"))
+    readable = {n for n in names if n[:-4] not in {os.path.basename(f) for f in unreadable}}
+    assert all("pip install pylibjpeg" in e for e in unreadable.values())  # at most the JPEG-LS file
+    stored = [ex["filename"].decode() for split in builder.info.splits
+              for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))]
+    anat = len(decode.read(os.path.join(NIFTI_DIR, "anatomical.nii")).slices)
+    assert len(set(stored)) == len(readable) + 7 + anat
+
+    workdir, flags = one_epoch_run
+    config = inference.inference_config(flags, workdir)
+    files = [str(tree / "a" / n[:-4] / n) for n in names]
+    pred = run.predict_images(config, workdir, files)
+    capsys.readouterr()
+    assert pred["failures"] == len(names) - len(readable) and len(pred["paths"]) == len(readable)
+    assert np.abs(pred["probabilities"] - pred["probabilities"][0]).max() < 1e-6
