@@ -1,13 +1,12 @@
 """What one save costs, the way `loop.fit` makes it: the training thread hands a
 device-side snapshot (`Checkpoints.snapshot`) to the background worker, which makes the
 host copy when config.checkpoint_from='host' (the CPU default) and calls orbax. For pmap
-and jit, host and device sources, and the flat checkpoint format (the default) vs the
-earlier tree format (`Checkpoints(flat=False)`), all in one run on the default config's
-TrainState and 4 CPU devices:
+and jit, host and device sources, all in one run on the default config's TrainState and
+4 CPU devices:
   blocking ms  how long `save` holds the training thread (the handover)
   CPU ms       process CPU (all threads: copies, orbax's Python, tensorstore's writes)
                from the handover until the files are written; what a save costs a
-               2-core machine however well it is hidden (BUILD_NOTES, sessions 9, 12, 13)
+               2-core machine however well it is hidden
 Medians of 6 saves after 2 warm-up saves."""
 import os, sys, time
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
@@ -28,20 +27,15 @@ for mode in ("pmap", "jit"):
         for source in ("host", "device"):
             best_state = parallel.checkpoint_state(rstate, source)  # as the loop keeps `best`
             best = {"params": best_state.params, "batch_stats": best_state.batch_stats}
-            for flat in (False, True):
-                ck = checkpoint.Checkpoints(tempfile.mkdtemp(), background=True, flat=flat)
-                blocking, cpu = [], []
-                for step in range(1, 9):
-                    c0, t0 = time.process_time(), time.perf_counter()
-                    ck.save(step, ck.snapshot(rstate), best, {"epoch": 0}, host_copy=source == "host")
-                    blocking.append(time.perf_counter() - t0)
-                    ck.wait()
-                    cpu.append(time.process_time() - c0)
-                ck.close()
-                fmt = "flat" if flat else "tree"
-                cpu_of[mode, source, fmt] = 1000 * np.median(cpu[2:])
-                print(f"{mode:4s} {source:6s} {fmt}  blocking ms {1000 * np.median(blocking[2:]):6.1f}  "
-                      f"CPU ms {cpu_of[mode, source, fmt]:6.1f}", flush=True)
-for mode in ("pmap", "jit"):
-    for source in ("host", "device"):
-        print(f"{mode} {source}: CPU flat / tree = {cpu_of[mode, source, 'flat'] / cpu_of[mode, source, 'tree']:.3f}")
+            ck = checkpoint.Checkpoints(tempfile.mkdtemp(), background=True)
+            blocking, cpu = [], []
+            for step in range(1, 9):
+                c0, t0 = time.process_time(), time.perf_counter()
+                ck.save(step, ck.snapshot(rstate), best, {"epoch": 0}, host_copy=source == "host")
+                blocking.append(time.perf_counter() - t0)
+                ck.wait()
+                cpu.append(time.process_time() - c0)
+            ck.close()
+            cpu_of[mode, source] = 1000 * np.median(cpu[2:])
+            print(f"{mode:4s} {source:6s}  blocking ms {1000 * np.median(blocking[2:]):6.1f}  "
+                  f"CPU ms {cpu_of[mode, source]:6.1f}", flush=True)

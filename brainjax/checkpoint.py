@@ -4,170 +4,47 @@
 rename (a half-written step is a temporary directory that is never restored):
   flat  arrays: {"state": the full TrainState (params, batch_stats, optimizer state,
         step, lr_scale), "best": {params, batch_stats} of the epoch with the lowest
-        validation loss so far}, each in the flat format below
-  meta  JSON: {"layout": for each of the two, every leaf's path, shape and dtype, in
-        order; "loop": epoch, position in the epoch, plateau / early-stopping counters,
-        the running training totals of the current epoch}
-The flat format of a tree is one 1-D array per dtype: the leaves raveled and
-concatenated in `jax.tree.leaves` order. Orbax's save and restore cost is per array and
-per item, not per byte (the default model's 171 arrays: ~190 ms CPU per save; the same
-floats as two arrays: ~45 ms, benchmarks/checkpoint_array_count.py; the four items of
-sessions 13-18 as two: ~40% less again, BUILD_NOTES session 19), so the flat format in
-two items is what keeps a save cheap on a busy host. Restore checks the stored layout
-against the model the config builds, leaf by leaf, before reading an array, and names
-the first difference. Steps written in the earlier formats are still read: four items
-(`state_flat`, `best_flat`, `layout`, `loop`; sessions 13-18) and the tree format
-(`state` and `best` as orbax trees, one array per leaf).
+        validation loss so far}, each in the flat format (`brainjax.flat_tree`: one 1-D
+        array per dtype; orbax's cost is per array and per item, not per byte)
+  meta  JSON: {"layout": every leaf's path, shape and dtype, for each of the two;
+        "loop": epoch, position in the epoch, plateau / early-stopping counters, the
+        running training totals; "run": what the run is (`run_record`), for the resume
+        check}
+Restore checks the stored layout against the model the config builds, leaf by leaf,
+before reading an array, and names the first difference. A step in a format an older
+brainjax wrote is one line saying so.
 Restore never deletes: a step orbax positively reports as incomplete or corrupted is
 renamed `<step>.unreadable` and the previous one used; any other error (an I/O error
 from flaky storage, a MemoryError, a reworded message) stops the run with the files in
 place, and every process restores the same step.
 Keeping the best model inside every step directory makes "latest" and "best" one fact:
-no crash point can leave them naming different epochs (two managers saved one after the
-other could). Saves are asynchronous: the training thread hands over a device-side
-snapshot of the replicated state, already concatenated per dtype on device in the same
-dispatch (`Checkpoints.snapshot`); the save copies it to the host first or lets orbax do
-it (`config.checkpoint_from`), and the files are written in the background (on the
-`Checkpoints` worker thread with one process, by orbax's asynchronous save with several). Restores place the arrays with an explicit target
-sharding (replicated over every device to resume training; one device for inference),
-so a checkpoint saved on another topology restores safely. Inference restores `best` alone,
-so it works whatever optimizer or trainable set the run was trained with.
+no crash point can leave them naming different epochs. Saves are asynchronous: the
+training thread hands over a device-side snapshot of the replicated state, already
+concatenated per dtype on device (`Checkpoints.snapshot`); the save copies it to the host
+first or lets orbax do it (`config.checkpoint_from`), and the files are written in the
+background (on the `Checkpoints` worker thread with one process, by orbax's asynchronous
+save with several). Restores place the arrays with an explicit target sharding
+(replicated to resume training; one device for inference), so a checkpoint saved on
+another topology restores safely. Inference restores `best` alone, so it works whatever
+optimizer or trainable set the run was trained with.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import json
 import logging
 import os
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
-from brainjax import parallel
+from brainjax import flat_tree, parallel
+from brainjax.flat_tree import LayoutMismatch
 from brainjax.errors import UserError
 
 log = logging.getLogger("brainjax")
-
-
-class LayoutMismatch(ValueError):
-    """A checkpoint's stored layout differs from the model this config builds."""
-
-
-def _dtype_name(x: Any) -> str:
-    return str(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
-
-
-def layout_of(tree: Any) -> list[list]:
-    """[path, shape, dtype] of every leaf of `tree`, in `jax.tree.leaves` order: what a
-    flat item's bytes mean (saved as JSON beside it)."""
-    return [[jax.tree_util.keystr(path), [int(d) for d in np.shape(x)], _dtype_name(x)]
-            for path, x in jax.tree_util.tree_leaves_with_path(tree)]
-
-
-def _dtype_groups(tree: Any) -> dict[str, list]:
-    """{dtype name: the leaves of that dtype, in leaf order}; a typed PRNG key is refused
-    by leaf name (its bytes are not an array of a plain dtype)."""
-    groups: dict[str, list] = {}
-    for path, x in jax.tree_util.tree_leaves_with_path(tree):
-        if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
-            raise TypeError(f"checkpoint leaf {jax.tree_util.keystr(path)} is a typed PRNG key; store "
-                            "jax.random.key_data(key) in the state instead")
-        groups.setdefault(_dtype_name(x), []).append(x)
-    return groups
-
-
-def concat_leaves(tree: Any) -> dict[str, jax.Array]:
-    """The flat format of `tree` as a pure jittable function: {dtype name: its leaves
-    raveled and concatenated in leaf order}. `parallel.checkpoint_copy` runs it on device
-    in the same dispatch as the copy the training thread makes for a save."""
-    return {k: jnp.concatenate([jnp.ravel(x) for x in xs]) for k, xs in _dtype_groups(tree).items()}
-
-
-_concat_on_device = jax.jit(concat_leaves)
-
-
-def flatten(tree: Any) -> dict[str, Any]:
-    """{dtype name: 1-D array}: the leaves of `tree`, raveled and concatenated per dtype
-    in leaf order. Device arrays that share one sharding are concatenated on device (the
-    result has that sharding: orbax copies 1-3 arrays to the host instead of one per
-    leaf); anything else on the host."""
-    groups = _dtype_groups(tree)
-    leaves = [x for xs in groups.values() for x in xs]
-    if leaves and all(isinstance(x, jax.Array) for x in leaves) and \
-            len({x.sharding for x in leaves}) == 1:
-        return _concat_on_device(tree)
-    return {k: np.concatenate([np.ravel(np.asarray(x)) for x in xs]) for k, xs in groups.items()}
-
-
-class Flat(NamedTuple):
-    """A pytree already in the flat format: `arrays` (`concat_leaves` of it) and `like`,
-    a tree of the same structure with its leaves' shapes and dtypes (arrays or
-    `jax.ShapeDtypeStruct`s), from which the saved layout is computed."""
-    arrays: dict[str, Any]
-    like: Any
-
-
-def _flat_spec(layout: list[list]) -> tuple[tuple, dict[str, int]]:
-    """Where each leaf of `layout` lies in its dtype's flat array: ((dtype, start, size,
-    shape) per leaf, {dtype: total size})."""
-    sizes: dict[str, int] = {}
-    spec = []
-    for _, shape, dtype in layout:
-        size = int(np.prod(shape, dtype=np.int64))
-        spec.append((dtype, sizes.get(dtype, 0), size, tuple(shape)))
-        sizes[dtype] = sizes.get(dtype, 0) + size
-    return tuple(spec), sizes
-
-
-@functools.lru_cache(maxsize=16)
-def _split_jit(treedef: Any, spec: tuple, sharding: jax.sharding.Sharding):
-    """The inverse of `flatten` for one layout: slices and reshapes, placed with `sharding`."""
-    def split(flat):
-        return jax.tree.unflatten(treedef, [jax.lax.slice(flat[dtype], (start,), (start + size,)).reshape(shape)
-                                            for dtype, start, size, shape in spec])
-    return jax.jit(split, out_shardings=sharding)
-
-
-def unflatten(flat: dict[str, jax.Array], template: Any, sharding: jax.sharding.Sharding) -> Any:
-    """`template`'s tree from its flat item (`flatten`'s output), placed with `sharding`."""
-    spec, _ = _flat_spec(layout_of(template))
-    return _split_jit(jax.tree.structure(template), spec, sharding)(flat)
-
-
-def _flat_targets(stored: dict[str, list[list]], templates: dict[str, Any],
-                  sharding: jax.sharding.Sharding) -> dict[str, dict[str, jax.ShapeDtypeStruct]]:
-    """Restore targets of the flat arrays of each template, after checking the stored
-    layout against it (`LayoutMismatch` names the first leaf that differs)."""
-    targets = {}
-    for name, template in templates.items():
-        wanted = layout_of(template)
-        compare_layouts(stored[name], wanted, name)
-        targets[name] = {dtype: jax.ShapeDtypeStruct((size,), jnp.dtype(dtype), sharding=sharding)
-                         for dtype, size in _flat_spec(wanted)[1].items()}
-    return targets
-
-
-def compare_layouts(stored: list[list], wanted: list[list], what: str) -> None:
-    """Raises `LayoutMismatch` naming the first leaf where the stored layout of `what`
-    differs from the `wanted` one (`layout_of` the template), or the leaf counts."""
-    for saved, want in zip(stored, wanted):
-        if list(saved) != want:
-            raise LayoutMismatch(f"{what} leaf {want[0]}: the checkpoint has {saved[0]} {saved[1]} {saved[2]}, "
-                                 f"this config builds {want[1]} {want[2]}")
-    if len(stored) != len(wanted):
-        raise LayoutMismatch(f"{what}: the checkpoint has {len(stored)} arrays, this config builds {len(wanted)}")
-
-
-def _abstract(tree: Any, sharding: jax.sharding.Sharding) -> Any:
-    """Restore targets: the template's shapes and dtypes, placed with `sharding` (never
-    the sharding recorded in the checkpoint, which names the saving run's devices)."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.dtype(_dtype_name(x)), sharding=sharding),
-                        tree)
 
 
 def _one_device() -> jax.sharding.Sharding:
@@ -241,6 +118,27 @@ def has_steps(workdir: str) -> bool:
     return os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
 
 
+# Items of the step formats earlier versions wrote (four items; a tree per item).
+OLDER_FORMAT_ITEMS = ("layout", "state_flat", "best_flat", "state", "best", "loop")
+
+
+def refuse_older_formats(workdir: str) -> None:
+    """A step written by an older brainjax (four items, or one orbax array per leaf) is
+    one line saying so (before any work: preflight calls this too), never read as if it
+    were corrupt."""
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return
+    for name in sorted(d for d in os.listdir(directory) if d.isdigit()):
+        step_dir = os.path.join(directory, name)
+        if not os.path.isdir(os.path.join(step_dir, "meta")) and any(
+                os.path.isdir(os.path.join(step_dir, item)) for item in OLDER_FORMAT_ITEMS):
+            raise CheckpointError(
+                f"checkpoint {step_dir} was written by an older brainjax (before checkpoints held two items, "
+                "'flat' and 'meta'); this version does not read it. Re-train in a new --workdir, or evaluate and "
+                "export it with the brainjax version that wrote it. No file was changed.")
+
+
 class CheckpointError(UserError):
     """A checkpoint could not be restored and nothing was changed on disk."""
 
@@ -262,16 +160,11 @@ def item_handlers() -> dict[str, ocp.CheckpointHandler]:
     """The handler of every item a step may hold. The flat items are written without
     compression: their bytes are float weights, which compression barely shrinks, and it
     cost a sixth of orbax's CPU per save (arrays the size of the default state, two runs
-    side by side: 62 / 54 ms compressed, 53 / 43 ms not; BUILD_NOTES, session 18).
+    side by side: 62 / 54 ms compressed, 53 / 43 ms not).
     Readers take either (zarr records the codec per array), so steps saved compressed
     are still read. OCDBT stays on: without it orbax still runs its merge at every save
     and logs a warning that there was nothing to merge."""
-    flat = functools.partial(ocp.PyTreeCheckpointHandler, use_compression=False)
-    return {"flat": flat(), "meta": ocp.JsonCheckpointHandler(),
-            # the earlier formats, read only: four items (sessions 13-18), the tree format
-            "state_flat": flat(), "best_flat": flat(), "layout": ocp.JsonCheckpointHandler(),
-            "loop": ocp.JsonCheckpointHandler(), "state": ocp.StandardCheckpointHandler(),
-            "best": ocp.StandardCheckpointHandler()}
+    return {"flat": ocp.PyTreeCheckpointHandler(use_compression=False), "meta": ocp.JsonCheckpointHandler()}
 
 
 class Checkpoints:
@@ -287,20 +180,15 @@ class Checkpoints:
     process) is raised as it came, for `run.fail` to name.
     """
 
-    def __init__(self, workdir: str, keep: int = 2, background: bool | None = None, flat: bool = True,
-                 record: dict | None = None):
-        """`flat=False` writes the earlier tree format (one orbax array per leaf): kept
-        so benchmarks/checkpoint_handover.py and checkpoint_array_count.py can time both
-        formats side by side, and so tests can make the steps an earlier version wrote.
-        Every format is always read. `record`: what the run is (`run_record.record`),
-        stored in every step's meta item for the resume check."""
-        self.flat = bool(flat)
+    def __init__(self, workdir: str, keep: int = 2, background: bool | None = None, record: dict | None = None):
+        """`record`: what the run is (`run_record.record`), stored in every step's meta
+        item for the resume check."""
         self.record = record
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.background = background_default() if background is None else bool(background)
         # With the background worker, orbax writes synchronously on it: the training
         # thread is already free, and orbax's own async commit would start two more
-        # threads per save (~5 ms CPU each save; BUILD_NOTES session 19).
+        # threads per save (~5 ms CPU each save; BUILD_NOTES, checkpoint figures).
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -309,17 +197,15 @@ class Checkpoints:
         self._worker = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="brainjax-checkpoint")
                         if self.background else None)
         self._in_flight: tuple[int, concurrent.futures.Future] | None = None
-        self._best_flat: tuple[Any, Flat] | None = None  # (the `best` object, its Flat)
+        self._best_flat: tuple[Any, flat_tree.Flat] | None = None  # (the `best` object, its Flat)
 
     def snapshot(self, rstate: Any) -> Any:
         """What the training thread hands `save` for the replicated training state (laid
         out by `parallel`): a device-side copy that later steps cannot donate away, made
-        in one dispatch; for the flat format already concatenated per dtype on device
-        (`Flat`: 1-3 arrays, where a copy per leaf then a concatenation cost two passes
-        and, in pmap mode, a global array per leaf on the training thread)."""
-        if not self.flat:
-            return parallel.checkpoint_copy(rstate)
-        return Flat(parallel.checkpoint_copy(rstate, concat_leaves), parallel.replica_shapes(rstate))
+        in one dispatch, already concatenated per dtype on device (`flat_tree.Flat`: 1-3
+        arrays, where a copy per leaf then a concatenation cost two passes and, in pmap
+        mode, a global array per leaf on the training thread)."""
+        return flat_tree.Flat(parallel.checkpoint_copy(rstate, flat_tree.concat_leaves), parallel.replica_shapes(rstate))
 
     def save(self, step: int, state: Any, best: Any, loop: dict, host_copy: bool = False) -> None:
         """Starts an asynchronous save of pytrees `state` and `best` (model variables;
@@ -355,61 +241,44 @@ class Checkpoints:
                          "(storage, space, permissions) and rerun the same command to resume.")
 
     def _save_now(self, step: int, state: Any, best: Any, loop: dict, host_copy: bool) -> None:
-        if self.flat:
-            state = state if isinstance(state, Flat) else Flat(flatten(state), state)
-            best = self._flat_best(best)
-            layout = {"state": layout_of(state.like), "best": layout_of(best.like)}
-            state, best = state.arrays, best.arrays  # on device for device arrays
+        state = state if isinstance(state, flat_tree.Flat) else flat_tree.Flat(flat_tree.flatten(state), state)
+        best = self._flat_best(best)
+        layout = {"state": flat_tree.layout_of(state.like), "best": flat_tree.layout_of(best.like)}
+        arrays = {"state": state.arrays, "best": best.arrays}  # on device for device arrays
         if host_copy:
-            state, best = jax.device_get(state), jax.device_get(best)
-        if self.flat:  # two items: orbax's cost is per item as much as per array
-            args = ocp.args.Composite(flat=ocp.args.PyTreeSave({"state": state, "best": best}),
-                                      meta=ocp.args.JsonSave({"layout": layout, "loop": loop,
-                                                              **({"run": self.record} if self.record else {})}))
-        else:
-            args = ocp.args.Composite(state=ocp.args.StandardSave(state), best=ocp.args.StandardSave(best),
-                                      loop=ocp.args.JsonSave(loop))
-        saved = self.manager.save(step, args=args, force=True)
-        if not saved:
+            arrays = jax.device_get(arrays)
+        # two items: orbax's cost is per item as much as per array
+        meta = {"layout": layout, "loop": loop, **({"run": self.record} if self.record else {})}
+        args = ocp.args.Composite(flat=ocp.args.PyTreeSave(arrays), meta=ocp.args.JsonSave(meta))
+        if not self.manager.save(step, args=args, force=True):
             raise RuntimeError(f"orbax did not save step {step} in {self.directory} "
                                f"(existing steps {self.manager.all_steps()})")
 
-    def _flat_best(self, best: Any) -> Flat:
+    def _flat_best(self, best: Any) -> flat_tree.Flat:
         """`best` in the flat format, flattened once per object: the loop hands the same
         `best` to every save until validation improves (then a new object), so later saves
         reuse its concatenation. The loop never changes a `best` in place."""
-        if isinstance(best, Flat):
+        if isinstance(best, flat_tree.Flat):
             return best
         if self._best_flat is None or self._best_flat[0] is not best:
-            self._best_flat = (best, Flat(flatten(best), best))
+            self._best_flat = (best, flat_tree.Flat(flat_tree.flatten(best), best))
         return self._best_flat[1]
 
     def _read_step(self, step: int, templates: dict[str, Any], sharding: jax.sharding.Sharding) -> dict:
-        """{name: tree for each template, 'loop': dict} of `step`, in any format. A flat
-        step's layout is compared with the templates before any array is read, and only
-        the arrays of the templates asked for are read (inference reads `best` alone)."""
-        step_dir = os.path.join(self.directory, str(step))
-        if os.path.isdir(os.path.join(step_dir, "meta")):  # two items (since session 19)
-            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-            target = _flat_targets(meta["layout"], templates, sharding)
-            flat = self.manager.restore(step, args=ocp.args.Composite(flat=ocp.args.PyTreeRestore(
-                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                partial_restore=True)))["flat"]
-        elif os.path.isdir(os.path.join(step_dir, "layout")):  # four items (sessions 13-18)
-            meta = self.manager.restore(step, args=ocp.args.Composite(layout=ocp.args.JsonRestore(),
-                                                                      loop=ocp.args.JsonRestore()))
-            target = _flat_targets(meta["layout"], templates, sharding)
-            items = self.manager.restore(step, args=ocp.args.Composite(**{
-                f"{name}_flat": ocp.args.PyTreeRestore(item=t, restore_args=ocp.checkpoint_utils.construct_restore_args(t))
-                for name, t in target.items()}))
-            flat = {name: items[f"{name}_flat"] for name in target}
-        else:  # the tree format
-            return self.manager.restore(step, args=ocp.args.Composite(
-                loop=ocp.args.JsonRestore(),
-                **{name: ocp.args.StandardRestore(_abstract(t, sharding)) for name, t in templates.items()}))
-        out = {name: unflatten(flat[name], template, sharding) for name, template in templates.items()}
+        """{name: tree for each template, 'loop': dict} of `step`. The stored layout is
+        compared with the templates before any array is read, and only the arrays of the
+        templates asked for are read (inference reads `best` alone)."""
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        target = flat_tree.flat_targets(meta["layout"], templates, sharding)
+        flat = self.manager.restore(step, args=ocp.args.Composite(flat=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True)))["flat"]
+        out = {name: flat_tree.unflatten(flat[name], template, sharding) for name, template in templates.items()}
         out["loop"] = meta["loop"]
         return out
+
+    def _refuse_older_formats(self) -> None:
+        refuse_older_formats(os.path.dirname(self.directory))
 
     def _restore_newest(self, read) -> tuple[int, Any] | None:
         """Restores the newest readable step, the same one on every process.
@@ -420,6 +289,7 @@ class Checkpoints:
         `CheckpointError` and leaves every file in place; so does a directory whose
         steps are all unreadable (never a silent fresh start).
         """
+        self._refuse_older_formats()
         set_aside = self._set_aside_steps()
         for step in sorted(self.manager.all_steps(), reverse=True):
             restored, outcome, detail = None, OK, ""

@@ -191,7 +191,7 @@ CHECKPOINT_FROM = ("auto", "device", "host")
 def checkpoint_source(choice: str = "auto") -> str:
     """'device' or 'host' for config.checkpoint_from: 'auto' is 'host' on the CPU backend
     (measured CPU per save of the default state, flat format, 4 CPU devices: host 28-33
-    ms, device 35 ms; benchmarks/checkpoint_handover.py, session 19) and 'device' on
+    ms, device 35 ms; benchmarks/checkpoint_handover.py) and 'device' on
     accelerators, where orbax overlaps the transfers with the writes."""
     if choice not in CHECKPOINT_FROM:
         from brainjax.errors import UserError
@@ -210,7 +210,7 @@ def checkpoint_state(tree: Any, source: str) -> Any:
 
 def checkpoint_copy(tree: Any, transform: Callable[[Any], Any] | None = None) -> Any:
     """A device-side copy of replicated state, or of `transform` of one replica (a pure
-    jittable function; `checkpoint.concat_leaves` gives the flat format's 1-3 arrays),
+    jittable function; `flat_tree.concat_leaves` gives the flat format's 1-3 arrays),
     computed in one dispatch, as global arrays replicated over every device of every
     process: orbax saves them directly (its own device-to-host transfer, no host copy
     here), and later steps cannot donate them away (every output is a fresh buffer)."""

@@ -136,6 +136,7 @@ def saved_record(workdir: str) -> dict | None:
     carry none, the resume fields of the run's config.json; None without checkpoints."""
     if not checkpoint.has_steps(workdir):
         return None
+    checkpoint.refuse_older_formats(workdir)
     newest = checkpoint.newest_meta(workdir)
     if newest is not None and "run" in newest[1]:
         return newest[1]["run"]

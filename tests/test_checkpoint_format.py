@@ -1,8 +1,7 @@
-"""The flat checkpoint format (issue 23: orbax's cost is per array): a step holds one
-array per dtype and a layout, restores exactly, refuses another model by name even when
-the sizes add up, and steps of the earlier tree format are still read."""
+"""The checkpoint format (orbax's cost is per array): a step holds one array per dtype
+and a layout, restores exactly, refuses another model by name even when the sizes add
+up, and a step an older brainjax wrote is one line saying so."""
 
-import json
 import os
 
 import jax
@@ -10,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from brainjax import checkpoint
+from brainjax import checkpoint, flat_tree
 
 
 def _tree(seed=0, kernel_shape=(4, 8)):
@@ -27,8 +26,8 @@ def _files(root):
                   for d, _, names in os.walk(root) for n in names)
 
 
-def _save(workdir, step, state, best, flat=True):
-    ckpt = checkpoint.Checkpoints(workdir, flat=flat)
+def _save(workdir, step, state, best):
+    ckpt = checkpoint.Checkpoints(workdir)
     try:
         ckpt.save(step, state, best, {"epoch": step})
         ckpt.wait()
@@ -72,8 +71,8 @@ def test_flat_step_holds_one_array_per_dtype_and_restores_exactly(tmp_path, on_d
 
 def test_an_unchanged_best_is_flattened_once_and_a_new_best_is_saved(tmp_path, monkeypatch):
     flattened = []
-    real_flatten = checkpoint.flatten
-    monkeypatch.setattr(checkpoint, "flatten", lambda tree: flattened.append(tree) or real_flatten(tree))
+    real_flatten = flat_tree.flatten
+    monkeypatch.setattr(flat_tree, "flatten", lambda tree: flattened.append(tree) or real_flatten(tree))
     state, best_a, best_b = _tree(0), _tree(1)["params"], _tree(2)["params"]
     ckpt = checkpoint.Checkpoints(str(tmp_path), keep=3)
     try:
@@ -104,62 +103,32 @@ def test_another_model_with_the_same_sizes_is_refused_by_leaf_name(tmp_path):
     assert _files(str(tmp_path)) == before
 
 
-def test_a_step_of_the_earlier_tree_format_is_still_read(tmp_path):
-    """A run saved by an earlier version (tree format) resumes; its newer steps, written
-    after the upgrade, are flat, and the newest one is the one restored."""
-    old_state, new_state = _tree(0), _tree(1)
-    _save(str(tmp_path), 1, old_state, old_state["params"], flat=False)
-    assert (tmp_path / "checkpoints" / "1" / "state").is_dir()
-    _assert_same(_restore(str(tmp_path), _tree(9), _tree(9)["params"])[0], old_state)
-    _save(str(tmp_path), 2, new_state, new_state["params"])
-    restored_state, restored_best, loop = _restore(str(tmp_path), _tree(9), _tree(9)["params"])
-    _assert_same(restored_state, new_state)
-    assert loop == {"epoch": 2}
-    ckpt = checkpoint.Checkpoints(str(tmp_path))
-    try:
-        assert ckpt.all_steps() == [1, 2]
-    finally:
-        ckpt.close()
+@pytest.mark.parametrize("items", ["four items", "a tree per item"])
+def test_a_step_an_older_brainjax_wrote_is_one_line_and_changes_nothing(tmp_path, items):
+    """Steps in the formats earlier versions wrote (four items; or `state` / `best` as
+    orbax trees, one array per leaf) are refused with one line, before and at restore."""
+    from brainjax import preflight
 
-
-def test_a_four_item_flat_step_saved_compressed_is_still_read(tmp_path):
-    """Flat steps written in four items and compressed (orbax's default handler), as
-    sessions 13-17 wrote them, resume: the reader takes the codec each array records. The
-    newer step is in two items, uncompressed, and is restored."""
-    old_state, new_state = _tree(0), _tree(1)
-    manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"))  # the earlier writer, as it was
-    manager.save(1, args=ocp.args.Composite(
-        state_flat=ocp.args.StandardSave(checkpoint.flatten(old_state)),
-        best_flat=ocp.args.StandardSave(checkpoint.flatten(old_state["params"])),
-        layout=ocp.args.JsonSave({"state": checkpoint.layout_of(old_state),
-                                  "best": checkpoint.layout_of(old_state["params"])}),
-        loop=ocp.args.JsonSave({"epoch": 1})))
+    old = _tree(0)
+    manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"))  # the earlier writers, as they were
+    if items == "four items":
+        args = ocp.args.Composite(state_flat=ocp.args.StandardSave(flat_tree.flatten(old)),
+                                  best_flat=ocp.args.StandardSave(flat_tree.flatten(old["params"])),
+                                  layout=ocp.args.JsonSave({"state": flat_tree.layout_of(old)}),
+                                  loop=ocp.args.JsonSave({"epoch": 1}))
+    else:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(old), best=ocp.args.StandardSave(old["params"]),
+                                  loop=ocp.args.JsonSave({"epoch": 1}))
+    manager.save(1, args=args)
     manager.wait_until_finished()
     manager.close()
-    compressed = json.loads((tmp_path / "checkpoints" / "1" / "state_flat" / "_METADATA").read_text())
-    restored_state, restored_best, loop = _restore(str(tmp_path), _tree(9), _tree(9)["params"])
-    _assert_same(restored_state, old_state)
-    _assert_same(restored_best, old_state["params"])
-    assert loop == {"epoch": 1}
-    _save(str(tmp_path), 2, new_state, new_state["params"])
-    _assert_same(_restore(str(tmp_path), _tree(9), _tree(9)["params"])[0], new_state)
-    assert compressed["use_ocdbt"]
-    codecs = {1: _codecs(tmp_path / "checkpoints" / "1" / "state_flat"),
-              2: _codecs(tmp_path / "checkpoints" / "2" / "flat")}
-    assert sorted(codecs[1]) == ["bool", "float32", "int32"]
-    assert sorted(codecs[2]) == ["best.float32", "state.bool", "state.float32", "state.int32"]
-    assert all(c is not None for c in codecs[1].values()), codecs  # the old step really is compressed
-    assert all(c is None for c in codecs[2].values()), codecs
-
-
-def _codecs(item_dir):
-    """{array name: zarr compressor} of an orbax item stored in OCDBT (its .zarray
-    metadata lives inside the OCDBT database, not as files)."""
-    import tensorstore as ts
-
-    kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{item_dir}/"}).result()
-    return {k.decode().split("/")[0]: json.loads(kv.read(k).result().value)["compressor"]
-            for k in kv.list().result() if k.endswith(b"/.zarray")}
+    before = _files(str(tmp_path))
+    for attempt in (lambda: _restore(str(tmp_path), _tree(9), _tree(9)["params"]),
+                    lambda: preflight.saved_record(str(tmp_path))):
+        with pytest.raises(checkpoint.CheckpointError, match="written by an older brainjax") as err:
+            attempt()
+        assert "\n" not in str(err.value)
+    assert _files(str(tmp_path)) == before
 
 
 def test_a_truncated_layout_sets_the_step_aside_and_uses_the_previous(tmp_path, caplog):
@@ -179,4 +148,4 @@ def test_a_typed_prng_key_in_the_state_is_refused_by_name():
     """Key arrays cannot be concatenated with numbers: the save names the leaf instead of
     failing deep inside jnp.concatenate."""
     with pytest.raises(TypeError, match=r"\['rng'\] is a typed PRNG key"):
-        checkpoint.flatten({"rng": jax.random.key(0), "w": np.zeros(3, np.float32)})
+        flat_tree.flatten({"rng": jax.random.key(0), "w": np.zeros(3, np.float32)})

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from brainjax import checkpoint, models, parallel, steps
+from brainjax import checkpoint, flat_tree, models, parallel, steps
 from brainjax import state as state_lib
 from configs import smoke
 
@@ -123,14 +123,14 @@ def test_snapshot_is_the_flat_state_and_outlives_donation(tmp_path):
             try:
                 snap = ckpt.snapshot(rstate)
                 expected_state = parallel.unreplicate(rstate)
-                expected = checkpoint.flatten(expected_state)
+                expected = flat_tree.flatten(expected_state)
                 rstate, _ = fn(rstate, parallel.shard(batches[1]), jax.random.key(3))  # donates the old buffers
                 assert sorted(snap.arrays) == sorted(expected) == ["float32", "int32"]
                 for name, x in snap.arrays.items():
                     assert x.sharding.is_fully_replicated and len(x.sharding.device_set) == jax.device_count()
                     np.testing.assert_array_equal(np.asarray(x), expected[name])
-                assert checkpoint.layout_of(snap.like) == checkpoint.layout_of(expected_state)
-                moved = checkpoint.flatten(parallel.unreplicate(rstate))
+                assert flat_tree.layout_of(snap.like) == flat_tree.layout_of(expected_state)
+                moved = flat_tree.flatten(parallel.unreplicate(rstate))
                 assert not np.array_equal(moved["float32"], expected["float32"])  # the next step did change it
                 ckpt.save(1, snap, {"params": expected_state.params, "batch_stats": expected_state.batch_stats},
                           {"epoch": 0}, host_copy=mode == "pmap")
