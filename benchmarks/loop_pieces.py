@@ -1,6 +1,6 @@
 """Where the loop's jit/pmap gap is: the frozen VGG16 step of `loop_rates` (112 px, batch
 32, 4 CPU devices, seed-chain degradation) fed five ways per parallel mode, built up
-towards the loop (BUILD_NOTES, session 16):
+towards the loop (BUILD_NOTES):
   placed   a batch already on the devices (the step alone, as benchmarks/step_modes.py)
   shard    `parallel.shard` of an in-memory host batch every step
   prefetch `parallel.prefetch_to_device` over in-memory host batches

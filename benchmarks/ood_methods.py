@@ -1,6 +1,6 @@
 """OOD scores beyond the engine's (evaluators/ood.py), tried on a trained run: which
 feature space separates validation from test_dedup and other_sequences (issue 24,
-BUILD_NOTES session 10). Read-only on the run; prints one row per method:
+BUILD_NOTES). Read-only on the run; prints one row per method:
 
   AUROC of validation vs other_sequences (and per source), vs the test split, and at the
   threshold keeping 90% of validation: the share of the test split kept and its accuracy.
@@ -11,7 +11,7 @@ training split) on (a) the channel means, (b) channel means and standard deviati
 (d) a 4x4 spatial pooling of a stage; the sum of the per-layer (b) scores, each
 standardised by its training-split scores; kNN (k-th cosine similarity to the training
 bank) on pooled features; and the engine's pooled-feature Mahalanobis (raw, L2).
-Added in session 19: the relative Mahalanobis distance (Ren et al. 2021: the class
+Also: the relative Mahalanobis distance (Ren et al. 2021: the class
 distance minus that of one Gaussian over all classes) on pooled L2 and on each Gram
 space; ViM (Wang et al. 2022) and its residual alone on the penultimate features; the
 penultimate L2 Mahalanobis; and the max of the pooled L2 score and one low-level score,

@@ -1,7 +1,7 @@
 """The training step alone, pmap vs jit (config.parallel), frozen VGG16 at 112 px, batch 32 over
 4 CPU devices, as `loop_rates` trains it: a pre-placed batch, and `parallel.shard` of the
 host batch every step; 6 interleaved rounds of 5 steps per variant, median img/s
-(BUILD_NOTES, session 13: whether the loop's jit/pmap gap is in the step)."""
+(whether the loop's jit/pmap gap is in the step)."""
 import os, sys, time, functools
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -145,7 +145,7 @@ def motion_blur(image: jax.Array, key: jax.Array, length_224: jax.Array) -> jax.
     Bilinear sampling at a constant offset is separable, so each tap is two small matrix
     products (`shift_matrix` along rows and columns), not a gather: the same values as
     `jax.scipy.ndimage.map_coordinates` (tests check it) at ~1/3 of its CPU time
-    (BUILD_NOTES, session 5); the gathers made this corruption most of a training chain's cost."""
+    (measured); the gathers made this corruption most of a training chain's cost."""
     height, width, _ = image.shape
     length = length_224 * height / REFERENCE_SIZE
     angle = jax.random.uniform(key, (), minval=0.0, maxval=jnp.pi)
@@ -373,7 +373,7 @@ def _ordered_one(image, key, names: Sequence[str], ranges: Sequence[tuple[float,
     in ACQUISITION_ORDER instead of the drawn order. Each corruption is computed once per
     image instead of once per chain slot (under vmap a per-example `lax.switch` computes
     every branch): max_ops x fewer corruptions per image, ~1.9x faster over the whole
-    suite (BUILD_NOTES, session 5)."""
+    suite."""
     applied, count, order, levels, op_keys = _draw(key, names, ranges, prob, max_ops)
     used = (jnp.argsort(order) < count) & applied
     out = image

@@ -26,7 +26,7 @@ def mri_degrade() -> ml_collections.ConfigDict:
     """The default: 70% of the images get 1-3 of the nine corruptions that change what
     the scan shows (contrast is invisible after z-scoring), each over the evaluation's
     severities 1-5, applied in acquisition order ('ordered': the chain's draw, each
-    corruption computed once). BUILD_NOTES (session 5) compares it with the seed recipe."""
+    corruption computed once). BUILD_NOTES compares it with the seed recipe."""
     c = seed_degrade()
     c.update(recipe="ordered", prob=0.7, gaussian_noise=(0.02, 0.4), gaussian_blur=(0.5, 6.0),
              downsample=(0.25, 0.8))
@@ -95,7 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
     # strongly (brainjax/degrade.py `strength`), from the backbone features; its loss is
     # weighted by quality_loss_weight. Parameters live under 'quality_head/'.
     # On by default: side by side on this job it raised clean and corruption accuracy
-    # (BUILD_NOTES, session 4) besides giving `quality=` in --mode=predict.
+    # (BUILD_NOTES) besides giving `quality=` in --mode=predict.
     c.model.quality_head = ml_collections.ConfigDict(dict(enabled=True, hidden=(64,)))
     c.quality_loss_weight = 0.5
     c.model.base_batchnorm_train = True  # the tiny CNN trains from scratch
@@ -120,7 +120,7 @@ def get_config() -> ml_collections.ConfigDict:
     # What a save hands orbax: "device" (a device-side copy; orbax does the host
     # transfer), "host" (a host copy made here first) or "auto": device on GPU/TPU, host
     # on the CPU backend, where orbax's per-array handling of device arrays made saves
-    # 6x slower to hand over (BUILD_NOTES, session 9).
+    # 6x slower to hand over (BUILD_NOTES).
     c.checkpoint_from = "auto"
 
     # Feature cache (frozen base + fixed inputs only): the base's pooled features are
@@ -165,7 +165,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.abstain_target_accuracy = 0.95
     # Out-of-distribution score (evaluators/ood.py): 'mahalanobis_l2' (class-conditional
     # Gaussian on the L2-normalised pooled backbone features, fitted on train_split; chosen
-    # on sartaj_robust, BUILD_NOTES session 8), 'mahalanobis' (unnormalised), 'energy',
+    # on sartaj_robust, BUILD_NOTES), 'mahalanobis' (unnormalised), 'energy',
     # 'max_prob', or ''.
     # The threshold keeps ood_keep of validation; abstain_rule 'ood' / 'ood_max_prob' use it.
     # ood_dirs: folders of scans from other sites / sequences, scored in report["ood"] (the

@@ -144,7 +144,7 @@ def iterator_options() -> tf.data.Options:
     off. Each of those iterators otherwise owns an autotuning thread, and destroying the
     iterator at the end of its epoch waits for that thread; on the 2-core machine that
     wait took 14-20 s with the process idle, in about one epoch in three of the
-    jit-mode loop (BUILD_NOTES, session 17: py-spy showed the main thread in
+    jit-mode loop (py-spy showed the main thread in
     `RootDataset::Iterator::~Iterator`). These pipelines tune nothing: their prefetch
     depth is fixed, and the decode map's AUTOTUNE parallelism (used only when a split is
     read before its cache is filled) takes tf.data's untuned default."""
