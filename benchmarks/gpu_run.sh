@@ -6,4 +6,4 @@
 set -euo pipefail
 pip install -q --no-deps wheels/*.whl
 nvidia-smi --query-gpu=name,memory.total --format=csv || true
-python -m brainjax.benchmark --gpu --repeats=3 --out "${OUT:-.}/benchmark_gpu.json"
+python benchmarks/benchmark.py --gpu --repeats=3 --out "${OUT:-.}/benchmark_gpu.json"

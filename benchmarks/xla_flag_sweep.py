@@ -31,8 +31,8 @@ FLAG_SETS = {
 CHILD = r"""
 import json, sys, functools
 import jax, numpy as np
-sys.path.insert(0, '.')
-from brainjax import benchmark
+sys.path[:0] = ['.', 'benchmarks']
+import benchmark
 r = benchmark.flax_rates(BACKBONE, SIZE, 32, 3, kinds=KINDS)
 print('RESULT ' + json.dumps(r))
 """
