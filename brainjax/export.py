@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import os
 import sys
@@ -195,15 +194,8 @@ def abstention_entry(calibration: dict) -> dict:
 
 def is_previous_export(path: str) -> bool:
     """An earlier export: `path` with its sidecar `<path>.json` naming a format."""
-    sidecar_path = path + ".json"
-    if not os.path.isfile(sidecar_path):
-        return False
-    try:
-        with open(sidecar_path) as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and record.get("format") in FORMATS and "brainjax_version" in record
+    return files.json_with_keys("format", "brainjax_version")(path + ".json") and \
+        files.read_json(path + ".json", "an export sidecar")["format"] in FORMATS
 
 
 def check_target(workdir: str, out: str, overwrite: bool, parent_made_here: bool = False) -> None:

@@ -17,7 +17,6 @@ field or file and what to do; nothing on disk has changed when it is raised.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Sequence
@@ -36,15 +35,7 @@ def is_run_dir(workdir: str) -> bool:
     """A folder brainjax trained in: its config.json (with class names) or checkpoints."""
     if checkpoint.has_steps(workdir):
         return True
-    path = os.path.join(workdir, RUN_CONFIG_FILE)
-    if not os.path.isfile(path):
-        return False
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and "class_names" in record and "model" in record
+    return files.json_with_keys("class_names", "model")(os.path.join(workdir, RUN_CONFIG_FILE))
 
 
 def check_workdir(workdir: str | None, mode: str) -> None:
@@ -143,12 +134,7 @@ def saved_record(workdir: str) -> dict | None:
     path = os.path.join(workdir, RUN_CONFIG_FILE)
     if not os.path.isfile(path):
         return None
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path} could not be read ({type(err).__name__}); it records what the checkpoints in "
-                        f"{workdir} were trained with: restore it, or train in a new --workdir") from None
+    config = files.read_json(path, f"the record of what the checkpoints in {workdir} were trained with")
     record = run_record.of_config(config)
     if config.get("class_names"):
         record["class_names"] = list(config["class_names"])

@@ -257,3 +257,26 @@ def test_onnx_export_needs_no_tensorflow_datasets(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert os.path.isfile(os.path.join(workdir, "export", "model.onnx"))
+
+
+def test_overwrite_replaces_only_a_previous_export(tmp_path):
+    """An existing --out is refused; --overwrite replaces a previous export (known by its
+    sidecar) and nothing else."""
+    from brainjax.errors import UserError
+
+    pytest.importorskip("jax2onnx")
+    workdir, _, _ = _fake_run(tmp_path, "tiny", 32)
+    out = str(tmp_path / "m.onnx")
+    export.export(workdir, "onnx", out)
+    first = open(out, "rb").read()
+    with pytest.raises(UserError, match="pass --overwrite"):
+        export.export(workdir, "onnx", out)
+    os.utime(out, (0, 0))
+    export.export(workdir, "onnx", out, overwrite=True)
+    assert os.stat(out).st_mtime > 0 and open(out, "rb").read() == first  # replaced, by the same model
+    mine = tmp_path / "mine.onnx"
+    mine.write_bytes(b"a user's model")
+    with pytest.raises(UserError, match="not a brainjax export"):
+        export.export(workdir, "onnx", str(mine), overwrite=True)
+    assert mine.read_bytes() == b"a user's model"
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary file or folder left
