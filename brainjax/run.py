@@ -11,7 +11,7 @@ from typing import Sequence
 import jax
 import ml_collections
 
-from brainjax import evaluators, inference, loop, parallel, prediction, preflight, report, train
+from brainjax import evaluation, evaluators, inference, loop, parallel, prediction, preflight, train
 from brainjax.errors import UserError, missing_extra
 
 log = logging.getLogger("brainjax")
@@ -30,15 +30,7 @@ def _evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pipeline = train.input_pipeline(config)
     model, variables = inference.restore_for_inference(config, workdir, pipeline.num_classes)
     evaluators.check_config(config, model, variables.get("batch_stats", {}))
-    eval_fns = evaluators.make_eval_fns(model, tuple(config.eval.corruptions),
-                                        bool(config.eval.get("seed_protocol_split")))
-    eval_rng = jax.random.split(jax.random.key(config.seed), 3)[2]
-    adapt = evaluators.adapter_from_config(config, model, variables.get("batch_stats", {}))
-    ood_fns = evaluators.ood_fns_from_config(config, model, pipeline.num_classes)
-    result, ood_stats = evaluators.evaluate(config, eval_fns, parallel.replicate(variables), pipeline, eval_rng, adapt,
-                                            ood_fns)
-    report.write_report(result, evaluators.report_dir(config, workdir), ood_stats)
-    return result
+    return evaluation.evaluate_and_report(config, model, variables, pipeline, workdir)
 
 
 # --mode=predict and --mode=gallery live in brainjax/prediction.py.

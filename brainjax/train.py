@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from brainjax import (evaluators, feature_cache, files, loop, models, parallel, partition, preflight, report, run_record,
+from brainjax import (evaluation, evaluators, feature_cache, files, loop, models, parallel, partition, preflight, run_record,
                       state, steps, writers)
 
 log = logging.getLogger("brainjax")
@@ -195,11 +195,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                            record=run.record)
     finally:
         out.close()
-    rvariables = parallel.replicate(steps.model_variables(best["params"], best["batch_stats"]))
-    adapt = evaluators.adapter_from_config(config, model, best["batch_stats"])
-    ood_fns = evaluators.ood_fns_from_config(config, model, pipeline.num_classes)
-    result, ood_stats = evaluators.evaluate(config, eval_fns, rvariables, pipeline, eval_rng, adapt, ood_fns)
-    report.write_report(result, evaluators.report_dir(config, workdir), ood_stats)
+    result = evaluation.evaluate_and_report(config, model, best, pipeline, workdir, eval_fns, eval_rng)
     log.info("input: process %d of %d decoded %d examples (its share of every split read)", jax.process_index(),
              jax.process_count(), pipeline.examples_decoded())
     return result

@@ -178,4 +178,8 @@ def get_config() -> ml_collections.ConfigDict:
     # The seed project's protocol: each image + one fixed degraded copy, scored mixed and
     # separately (set to a split name, e.g. 'validation', to report it).
     c.eval.seed_protocol_split = ""
+    # The evaluators that write report.json, in order (modules under brainjax/evaluators/,
+    # each defining an `Evaluator`; brainjax/evaluators/common.py). A new one is one file
+    # plus its name here.
+    c.eval.evaluators = ("robustness", "calibration", "ood", "selective", "quality", "other_splits", "seed_protocol")
     return c

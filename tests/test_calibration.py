@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from brainjax.evaluators import calibration
-from brainjax.evaluators.robustness import calibrate
+from brainjax.evaluators.calibration import calibrate
 
 
 def _overconfident(n=2000, classes=4, seed=0, scale=6.0):

@@ -117,7 +117,7 @@ def test_empty_ood_folder_and_ood_rule_without_a_score(smoke_config, tmp_path):
     smoke_config.eval.ood_dirs = (str(empty),)
     with pytest.raises(UserError, match="holds no image files"):
         ood.check_config(smoke_config)
-    from brainjax.evaluators import robustness
+    from brainjax.evaluators import calibration
 
     with pytest.raises(UserError, match="needs an OOD score"):
-        robustness.check_abstain_rule("ood_max_prob", has_quality=False, has_ood=False)
+        calibration.check_abstain_rule("ood_max_prob", has_quality=False, has_ood=False)

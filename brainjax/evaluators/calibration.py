@@ -17,6 +17,9 @@ from typing import Mapping
 
 import numpy as np
 
+from brainjax.errors import UserError
+from brainjax.evaluators import ood
+
 ECE_BINS = 15
 
 
@@ -145,3 +148,98 @@ def selective_cell(scores: np.ndarray, correct: np.ndarray, threshold: float) ->
             "coverage_at_threshold": float(kept.mean()),
             # nothing kept: no error among the kept (selective risk 0 by convention)
             "accuracy_at_threshold": float(correct[kept].mean()) if kept.any() else 1.0}
+
+
+ABSTAIN_RULES = ("max_prob", "quality")
+
+
+def check_abstain_rule(rule: str, has_quality: bool, has_ood: bool = False) -> None:
+    """A clear error for an unknown rule, 'quality' without a quality head, or an OOD rule
+    without an OOD score."""
+    if rule in ood.OOD_RULES:
+        if not has_ood:
+            raise UserError(f"eval.abstain_rule={rule!r} needs an OOD score: set eval.ood_method (e.g. 'mahalanobis') "
+                            "and keep eval.calibration=True")
+        return
+    if rule not in ABSTAIN_RULES:
+        raise UserError(f"eval.abstain_rule must be one of {ABSTAIN_RULES + ood.OOD_RULES}, got {rule!r}")
+    if rule == "quality" and not has_quality:
+        raise UserError("eval.abstain_rule='quality' needs a quality head: set model.quality_head.enabled=True")
+
+
+def abstain_score(probs: np.ndarray, quality: np.ndarray | None, rule: str) -> np.ndarray:
+    """The confidence score an abstention rule thresholds: 'max_prob' the calibrated top
+    probability; 'quality' that times the quality head's scan-quality estimate in [0, 1]
+    (a confident prediction on a scan that looks badly degraded is still doubted)."""
+    check_abstain_rule(rule, quality is not None)
+    return probs.max(-1) * quality if rule == "quality" else probs.max(-1)
+
+
+def calibrate(validation: Mapping, predictions: Mapping, target_accuracy: float, rule: str = "max_prob"
+              ) -> tuple[dict, dict]:
+    """(report["calibration"], report["selective"]) from the validation outputs (where T
+    and the abstention thresholds are fitted) and the test grid's outputs ({None: clean,
+    (corruption, severity): ...}, each predict_outputs' dict: logits, label[, quality]).
+
+    Every available rule is scored (under "rules"); the top-level keys are `rule`'s.
+    A rule keeps a prediction when its score (`abstain_score`) reaches the threshold
+    fitted on validation for `target_accuracy`."""
+    temperature = fit_temperature(validation["logits"], validation["label"])
+    has_quality = "quality" in validation
+    check_abstain_rule(rule, has_quality)
+    rules = [r for r in ABSTAIN_RULES if r != "quality" or has_quality]
+    val_probs = softmax(validation["logits"], temperature)
+    val_correct = val_probs.argmax(-1) == validation["label"]
+    thresholds = {r: fit_threshold(abstain_score(val_probs, validation.get("quality"), r), val_correct,
+                                               target_accuracy) for r in rules}
+    cal_cells, sel_cells = {}, {r: {} for r in rules}
+    scored = {}
+    for key, out in predictions.items():
+        probs = softmax(out["logits"], temperature)
+        correct = probs.argmax(-1) == out["label"]
+        cal_cells[key] = calibration_metrics(out["logits"], out["label"], temperature)
+        for r in rules:
+            score = abstain_score(probs, out.get("quality"), r)
+            sel_cells[r][key] = selective_cell(score, correct, thresholds[r])
+            scored.setdefault(r, {})[key] = (score, correct)
+    degraded = [k for k in predictions if k is not None]
+    mean = lambda cells: mean_over({str(k): cells[k] for k in degraded}) if degraded else {}
+    clean = predictions[None]
+    bins = {name: {k: [float(v) for v in vals] for k, vals in
+                   reliability_bins(softmax(clean["logits"], t), clean["label"]).items()}
+            for name, t in (("before", 1.0), ("after", temperature))}
+    cal = {"temperature": temperature, "fitted_on": "validation", "clean": cal_cells[None],
+           "degraded_mean": mean(cal_cells), "reliability": bins, "bins": ECE_BINS}
+    by_rule = {}
+    for r in rules:
+        curves = {"clean": curve_points(*scored[r][None])}
+        if degraded:
+            curves["degraded"] = curve_points(np.concatenate([scored[r][k][0] for k in degraded]),
+                                               np.concatenate([scored[r][k][1] for k in degraded]))
+        by_rule[r] = {"threshold": thresholds[r], "clean": sel_cells[r][None], "degraded_mean": mean(sel_cells[r]),
+                      "curves": curves}
+    sel = {"rule": rule, "target_accuracy": target_accuracy, **by_rule[rule], "rules": by_rule}
+    return cal, sel
+
+
+class Evaluator:
+    """report["calibration"]: the temperature fitted on validation and what it does on the
+    test grid. Hands the selective rules it fitted to the `selective` evaluator
+    (`context.shared["selective"]`) and the temperature to `ood`."""
+
+    def check(self, config) -> None:
+        has_quality = bool(config.model.get("quality_head") and config.model.quality_head.get("enabled"))
+        has_ood = bool(config.eval.get("ood_method", "mahalanobis_l2")) and config.eval.get("calibration", True)
+        check_abstain_rule(config.eval.get("abstain_rule", "max_prob"), has_quality, has_ood)
+
+    def run(self, context) -> dict | None:
+        config = context.config
+        if not config.eval.get("calibration", True):
+            return None
+        validation = context.predictions(config.val_split, adapted=False)  # the trained statistics
+        rule = config.eval.get("abstain_rule", "max_prob")
+        cal, sel = calibrate(validation, context.grid(config.test_split),
+                             float(config.eval.get("abstain_target_accuracy", 0.95)),
+                             "max_prob" if rule in ood.OOD_RULES else rule)
+        context.shared["selective"] = sel
+        return cal

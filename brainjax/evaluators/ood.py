@@ -391,3 +391,24 @@ def calibration_top(logits: np.ndarray, temperature: float) -> np.ndarray:
     from brainjax.evaluators import calibration
 
     return calibration.softmax(logits, temperature).max(-1)
+
+
+class Evaluator:
+    """report["ood"]: the out-of-distribution scores, fitted on the training split and
+    thresholded on validation, against the test split and every eval.ood_dirs folder.
+    Needs `calibration`'s temperature and max_prob threshold; hands its rules' rows on the
+    test split to `selective` and its Gaussian statistics (ood_stats.npz) to the report
+    writer (`context.shared`)."""
+
+    def check(self, config: Any) -> None:
+        check_config(config)
+
+    def run(self, context: Any) -> dict | None:
+        sel = context.shared.get("selective")
+        if context.ood_fns is None or "calibration" not in context.results or sel is None:
+            return None
+        section, rows, stats = evaluate_ood(context.config, context.ood_fns, context.rvariables, context.pipeline,
+                                            context.rng, context.results["calibration"]["temperature"],
+                                            sel["rules"]["max_prob"]["threshold"])
+        context.shared["ood_rows"], context.shared["ood_stats"] = rows, stats
+        return section
