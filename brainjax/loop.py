@@ -204,127 +204,180 @@ def model_of(state: Any) -> dict:
 
 
 def _fit(config, ckpt, *, state, step_fn, source, validate, rng, writers, tag, workdir):
-    progress = new_progress()
-    best = model_of(state)
-    restored = ckpt.restore(state, best)
-    if restored is not None:
-        state, best, progress = restored
-    # Every start cuts metrics.jsonl back to the step it starts from (0 when fresh): a run
-    # killed before its first checkpoint, or mid-line, leaves nothing behind.
-    writers.truncate_after(int(state.step) if restored is not None else 0)
-    if restored is not None:
-        log.info("resuming from %s at step %d (epoch %d, step %d of %d in it)", ckpt.directory, int(state.step),
-                 progress["epoch"] + 1, progress["step_in_epoch"], source.steps_per_epoch)
-    if progress["epoch"] >= config.num_epochs or progress["stop"]:
-        log.info("training already complete in %s (epoch %d); evaluating", workdir, progress["epoch"])
-        return best, progress
+    run = FitRun(config, ckpt, step_fn=step_fn, source=source, validate=validate, rng=rng, writers=writers, tag=tag)
+    if not run.start(state, workdir):
+        return run.best, run.progress
+    with PreemptionSignals() as signals:
+        while run.progress["epoch"] < config.num_epochs and not run.progress["stop"]:
+            run.epoch(signals)
+    ckpt.wait()
+    if run.progress["best_epoch"] >= 0:
+        log.info("restored best checkpoint (epoch %d, val_loss %.4f)", run.progress["best_epoch"] + 1,
+                 run.progress["best_val_loss"])
+    return run.best, run.progress
 
-    every_steps = int(config.get("checkpoint_every_steps", 0) or 0)
-    every_seconds = float(config.get("checkpoint_every_seconds", 0) or 0)
-    save_from = parallel.checkpoint_source(config.get("checkpoint_from", "auto"))
-    log_every = max(int(config.log_every_steps), 1)
-    steps_per_epoch = source.steps_per_epoch
-    rstate = parallel.replicate(state.replace(lr_scale=np.float32(progress["lr_scale"])))
-    del state
-    windows = MetricWindows()
-    last_save_time = time.monotonic()
-    last_save_step = progress["epoch"] * steps_per_epoch + progress["step_in_epoch"]
-    compiled_once = False
-    epoch_times: list[float] = []
 
-    def flush_windows(flush: bool) -> None:
-        for step, w in windows.ready(flush):
-            check_finite(w["loss_sum"], "training loss", step, steps_per_epoch, ckpt)
-            for k in progress["totals"]:
-                progress["totals"][k] += w[k]
-            writers.write(kind="train_window", step=step, epoch=(step - 1) // steps_per_epoch + 1,
-                          loss=w["loss_sum"] / w["count"], accuracy=w["correct"] / w["count"])
+class EpochClock:
+    """images/s of an epoch, compilation left out: the run's first step (the one that
+    compiles) restarts the clock at its end."""
 
-    def save(step: int) -> None:
-        nonlocal last_save_time, last_save_step
-        # The training thread only dispatches a device-side snapshot (the next step
-        # donates rstate); the host copy, where asked, is made by the save itself: on the
-        # worker thread with a background handover. progress is deep-copied: orbax
-        # serialises it in the background while the loop goes on.
-        ckpt.save(step, ckpt.snapshot(rstate), best, copy.deepcopy(progress), host_copy=save_from == "host")
-        last_save_time, last_save_step = time.monotonic(), step
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.images, self.since = 0.0, self.t0
 
-    def stop_for_preemption(step: int) -> None:
-        ckpt.wait()
+    def restart(self, metrics: Any) -> None:
+        jax.block_until_ready(metrics)
+        self.since, self.images = time.perf_counter(), 0.0
+
+    def rate(self) -> float | None:
+        seconds = time.perf_counter() - self.since
+        return self.images / seconds if self.images and seconds > 0 else None
+
+
+class FitRun:
+    """The state of one `fit`: the replicated training state, the best model, the loop's
+    JSON progress, metric windows, save timing. Each method is one step of the loop."""
+
+    def __init__(self, config, ckpt, *, step_fn, source, validate, rng, writers, tag):
+        self.config, self.ckpt, self.step_fn, self.source = config, ckpt, step_fn, source
+        self.validate, self.rng, self.writers, self.tag = validate, rng, writers, tag
+        self.every_steps = int(config.get("checkpoint_every_steps", 0) or 0)
+        self.every_seconds = float(config.get("checkpoint_every_seconds", 0) or 0)
+        self.save_from = parallel.checkpoint_source(config.get("checkpoint_from", "auto"))
+        self.log_every = max(int(config.log_every_steps), 1)
+        self.steps_per_epoch = source.steps_per_epoch
+        self.windows = MetricWindows()
+        self.epoch_times: list[float] = []
+        self.progress, self.best, self.rstate = new_progress(), None, None
+        self.last_save_time, self.last_save_step = time.monotonic(), 0
+        self.compiled = False
+
+    def start(self, state: Any, workdir: str) -> bool:
+        """Restores the newest checkpoint (if any), cuts metrics.jsonl back to the step it
+        starts from (0 when fresh: a run killed before its first checkpoint, or mid-line,
+        leaves nothing behind) and replicates the state. False: training is complete."""
+        self.best = model_of(state)
+        restored = self.ckpt.restore(state, self.best)
+        if restored is not None:
+            state, self.best, self.progress = restored
+        self.writers.truncate_after(int(state.step) if restored is not None else 0)
+        progress = self.progress
+        if restored is not None:
+            log.info("resuming from %s at step %d (epoch %d, step %d of %d in it)", self.ckpt.directory,
+                     int(state.step), progress["epoch"] + 1, progress["step_in_epoch"], self.steps_per_epoch)
+        if progress["epoch"] >= self.config.num_epochs or progress["stop"]:
+            log.info("training already complete in %s (epoch %d); evaluating", workdir, progress["epoch"])
+            return False
+        self.rstate = parallel.replicate(state.replace(lr_scale=np.float32(progress["lr_scale"])))
+        self.last_save_step = progress["epoch"] * self.steps_per_epoch + progress["step_in_epoch"]
+        return True
+
+    def flush_windows(self, flush: bool) -> None:
+        for step, w in self.windows.ready(flush):
+            check_finite(w["loss_sum"], "training loss", step, self.steps_per_epoch, self.ckpt)
+            for k in self.progress["totals"]:
+                self.progress["totals"][k] += w[k]
+            self.writers.write(kind="train_window", step=step, epoch=(step - 1) // self.steps_per_epoch + 1,
+                               loss=w["loss_sum"] / w["count"], accuracy=w["correct"] / w["count"])
+
+    def save(self, step: int) -> None:
+        """The training thread only dispatches a device-side snapshot (the next step
+        donates rstate); the host copy, where asked, is made by the save itself, on the
+        worker thread with a background handover. progress is deep-copied: orbax
+        serialises it in the background while the loop goes on."""
+        self.ckpt.save(step, self.ckpt.snapshot(self.rstate), self.best, copy.deepcopy(self.progress),
+                       host_copy=self.save_from == "host")
+        self.last_save_time, self.last_save_step = time.monotonic(), step
+
+    def save_due(self, step: int, window_end: bool) -> bool:
+        due = bool(self.every_steps) and step - self.last_save_step >= self.every_steps
+        if self.every_seconds and window_end and not due:  # wall clocks differ: follow any process
+            due = parallel.any_process(time.monotonic() - self.last_save_time >= self.every_seconds)
+        return due
+
+    def stop_for_preemption(self, step: int, signals: PreemptionSignals) -> None:
+        self.ckpt.wait()
         name = (signal.Signals(signals.received).name if signals.received
                 else "Ctrl-C" if signals.interrupted else "preemption notice")
+        progress, spe = self.progress, self.steps_per_epoch
         log.warning("%s: saved a checkpoint at step %d (epoch %d, step %d of %d) in %s; rerun the same "
                     "command to resume from it", name, step, progress["epoch"] + (progress["step_in_epoch"] > 0),
-                    progress["step_in_epoch"] or steps_per_epoch, steps_per_epoch, ckpt.directory)
+                    progress["step_in_epoch"] or spe, spe, self.ckpt.directory)
         raise Preempted(step)
 
-    with PreemptionSignals() as signals:
-        while progress["epoch"] < config.num_epochs and not progress["stop"]:
-            epoch = progress["epoch"]
-            start = progress["step_in_epoch"]
-            t0 = time.perf_counter()
-            timed_images, timed_from = 0.0, t0
-            preempted = False
-            for i, batch in enumerate(parallel.prefetch_to_device(source.epoch(epoch, start), 2), start=start):
-                rstate, metrics = step_fn(rstate, batch, rng)
-                step = epoch * steps_per_epoch + i + 1
-                if not compiled_once:  # images/s leaves out compilation: time from the first step's end
-                    jax.block_until_ready(metrics)
-                    compiled_once, timed_from, timed_images = True, time.perf_counter(), 0.0
-                else:
-                    timed_images += float(batch["label"].size) * jax.process_count()
-                window_end = (i + 1) % log_every == 0  # the same on every process
-                windows.add(step, metrics, close=window_end)
-                flush_windows(False)
-                progress["step_in_epoch"] = i + 1
-                preempted = signals.requested(step)
-                if i + 1 == steps_per_epoch:
-                    break  # the epoch-end checkpoint follows validation
-                due = bool(every_steps) and step - last_save_step >= every_steps
-                if every_seconds and window_end and not due:  # wall clocks differ: follow any process
-                    due = parallel.any_process(time.monotonic() - last_save_time >= every_seconds)
-                if due or preempted:
-                    flush_windows(True)
-                    save(step)
-                if preempted:
-                    stop_for_preemption(step)
-            flush_windows(True)
-            train_time = time.perf_counter() - timed_from
-            val_loss, val_acc = validate(rstate)
-            end_step = (epoch + 1) * steps_per_epoch
-            check_finite(val_loss, "validation loss", end_step, steps_per_epoch, ckpt)
-            lr_used = state_lib.learning_rate_at(config, steps_per_epoch, end_step - 1, progress["lr_scale"])
-            Plateau.update(progress, val_loss, config)
-            totals = progress["totals"]
-            progress.update(epoch=epoch + 1, step_in_epoch=0,
-                            totals={"loss_sum": 0.0, "correct": 0.0, "count": 0.0})
-            rstate = rstate.replace(lr_scale=parallel.replicate(np.float32(progress["lr_scale"])))
-            if progress["improved"]:
-                best = model_of(parallel.checkpoint_state(rstate, save_from))
-            epoch_times.append(time.perf_counter() - t0)
-            remaining = 0 if progress["stop"] else config.num_epochs - progress["epoch"]
-            eta = float(np.mean(epoch_times)) * remaining
-            record = dict(kind="epoch", epoch=progress["epoch"], step=end_step,
-                          loss=totals["loss_sum"] / max(totals["count"], 1),
-                          accuracy=totals["correct"] / max(totals["count"], 1),
-                          val_loss=val_loss, val_accuracy=val_acc, learning_rate=lr_used,
-                          images_per_sec=timed_images / train_time if timed_images and train_time > 0 else None,
-                          epoch_seconds=epoch_times[-1], **({"feature_cache": True} if tag == "cached" else {}))
-            writers.write(**record)
-            save(end_step)
-            ips = record["images_per_sec"]
-            log.info("epoch %d/%d  loss %.4f acc %.4f | val_loss %.4f val_acc %.4f%s | lr %.2e | %s | ETA %s%s",
-                     progress["epoch"], config.num_epochs, record["loss"], record["accuracy"], val_loss, val_acc,
-                     " *" if progress["improved"] else "", lr_used,
-                     f"{ips:.0f} img/s" if ips else "img/s n/a", format_duration(eta),
-                     " (cached features)" if tag == "cached" else "")
-            if progress["stop"]:
-                log.info("early stopping: no val_loss improvement for %d epochs (best epoch %d)",
-                         progress["bad_epochs"], progress["best_epoch"] + 1)
-            if preempted and progress["epoch"] < config.num_epochs and not progress["stop"]:
-                stop_for_preemption(end_step)
-    ckpt.wait()
-    if progress["best_epoch"] >= 0:
-        log.info("restored best checkpoint (epoch %d, val_loss %.4f)", progress["best_epoch"] + 1,
-                 progress["best_val_loss"])
-    return best, progress
+    def epoch(self, signals: PreemptionSignals) -> None:
+        """One epoch from where the progress stands: its steps, then validation, the
+        epoch record and the epoch-end checkpoint."""
+        clock = EpochClock()
+        preempted = self.train_steps(signals, clock)
+        self.end_epoch(clock, preempted, signals)
+
+    def train_steps(self, signals: PreemptionSignals, clock: EpochClock) -> bool:
+        """The epoch's remaining steps, with step-level saves; True if preemption was
+        requested at its last step (the epoch-end save then stops the run)."""
+        epoch, start = self.progress["epoch"], self.progress["step_in_epoch"]
+        preempted = False
+        for i, batch in enumerate(parallel.prefetch_to_device(self.source.epoch(epoch, start), 2), start=start):
+            self.rstate, metrics = self.step_fn(self.rstate, batch, self.rng)
+            step = epoch * self.steps_per_epoch + i + 1
+            if not self.compiled:
+                clock.restart(metrics)
+                self.compiled = True
+            else:
+                clock.images += float(batch["label"].size) * jax.process_count()
+            window_end = (i + 1) % self.log_every == 0  # the same on every process
+            self.windows.add(step, metrics, close=window_end)
+            self.flush_windows(False)
+            self.progress["step_in_epoch"] = i + 1
+            preempted = signals.requested(step)
+            if i + 1 == self.steps_per_epoch:
+                break  # the epoch-end checkpoint follows validation
+            if self.save_due(step, window_end) or preempted:
+                self.flush_windows(True)
+                self.save(step)
+            if preempted:
+                self.stop_for_preemption(step, signals)
+        self.flush_windows(True)
+        return preempted
+
+    def end_epoch(self, clock: EpochClock, preempted: bool, signals: PreemptionSignals) -> None:
+        """Validation, plateau / early stopping, the best model, the epoch record, the
+        epoch-end save and its log line."""
+        config, progress, spe = self.config, self.progress, self.steps_per_epoch
+        ips = clock.rate()
+        val_loss, val_acc = self.validate(self.rstate)
+        end_step = (progress["epoch"] + 1) * spe
+        check_finite(val_loss, "validation loss", end_step, spe, self.ckpt)
+        lr_used = state_lib.learning_rate_at(config, spe, end_step - 1, progress["lr_scale"])
+        Plateau.update(progress, val_loss, config)
+        totals = progress["totals"]
+        progress.update(epoch=progress["epoch"] + 1, step_in_epoch=0, totals={"loss_sum": 0.0, "correct": 0.0,
+                                                                              "count": 0.0})
+        self.rstate = self.rstate.replace(lr_scale=parallel.replicate(np.float32(progress["lr_scale"])))
+        if progress["improved"]:
+            self.best = model_of(parallel.checkpoint_state(self.rstate, self.save_from))
+        self.epoch_times.append(time.perf_counter() - clock.t0)
+        record = dict(kind="epoch", epoch=progress["epoch"], step=end_step,
+                      loss=totals["loss_sum"] / max(totals["count"], 1),
+                      accuracy=totals["correct"] / max(totals["count"], 1), val_loss=val_loss,
+                      val_accuracy=val_acc, learning_rate=lr_used, images_per_sec=ips,
+                      epoch_seconds=self.epoch_times[-1], **({"feature_cache": True} if self.tag == "cached" else {}))
+        self.writers.write(**record)
+        self.save(end_step)
+        self.log_epoch(record)
+        if preempted and progress["epoch"] < config.num_epochs and not progress["stop"]:
+            self.stop_for_preemption(end_step, signals)
+
+    def log_epoch(self, record: dict) -> None:
+        progress, config = self.progress, self.config
+        remaining = 0 if progress["stop"] else config.num_epochs - progress["epoch"]
+        eta = float(np.mean(self.epoch_times)) * remaining
+        ips = record["images_per_sec"]
+        log.info("epoch %d/%d  loss %.4f acc %.4f | val_loss %.4f val_acc %.4f%s | lr %.2e | %s | ETA %s%s",
+                 progress["epoch"], config.num_epochs, record["loss"], record["accuracy"], record["val_loss"],
+                 record["val_accuracy"], " *" if progress["improved"] else "", record["learning_rate"],
+                 f"{ips:.0f} img/s" if ips else "img/s n/a", format_duration(eta),
+                 " (cached features)" if self.tag == "cached" else "")
+        if progress["stop"]:
+            log.info("early stopping: no val_loss improvement for %d epochs (best epoch %d)",
+                     progress["bad_epochs"], progress["best_epoch"] + 1)
