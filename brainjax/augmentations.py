@@ -27,7 +27,11 @@ cfg fields (a field that is None or absent turns its op off):
   gamma: (low, high) exponent; brightness: (low, high) additive delta on [0, 1];
   contrast: (low, high) factor around the image mean; bias_field: (low, high) log amplitude;
   rotate_deg: max |rotation| in degrees; scale: (low, high) zoom; translate: max |shift|
-  as a fraction of the side; gin: (low, high) mixing weight alpha of the random network.
+  as a fraction of the side; gin: (low, high) mixing weight alpha of the random network;
+  contrast_remap: the probability (its own, not `prob`) of a random smooth, possibly
+  non-monotonic intensity map over the head (`contrast_remap`), for sequences never seen
+  in training: T2 makes CSF bright and white matter dark where T1 does the opposite, which
+  gamma, brightness and contrast (monotone maps) cannot imitate.
 Output stays in [0, 1].
 """
 
@@ -44,7 +48,7 @@ from brainjax.errors import UserError
 
 INTENSITY_OPS: tuple[str, ...] = ("gamma", "brightness", "contrast", "bias_field")
 GEOMETRY_FIELDS: tuple[str, ...] = ("rotate_deg", "scale", "translate")
-FIELDS: tuple[str, ...] = ("prob",) + INTENSITY_OPS + GEOMETRY_FIELDS + ("gin",)
+FIELDS: tuple[str, ...] = ("prob",) + INTENSITY_OPS + GEOMETRY_FIELDS + ("gin", "contrast_remap")
 # GIN's network, as in the paper: 4 layers, 2 intermediate channels, kernel 1 or 3.
 GIN_LAYERS = 4
 GIN_CHANNELS = 2
@@ -52,6 +56,10 @@ GIN_PERCENTILES = (1.0, 99.0)
 # gin's keys are folded in apart from the other ops' split, so configs without gin draw
 # exactly what they drew before it existed.
 _GIN_STREAM = 0x61A
+# contrast_remap: a random curve through this many control points; its own key stream.
+REMAP_POINTS = 5
+REMAP_PERCENTILES = (1.0, 99.0)
+_REMAP_STREAM = 0x7E3
 
 
 def affine_matrix(angle: jax.Array, scale: jax.Array, shift: jax.Array, height: int, width: int
@@ -128,13 +136,45 @@ def gin(image: jax.Array, key: jax.Array, alpha: jax.Array) -> jax.Array:
     return alpha * remapped + (1.0 - alpha) * image
 
 
+def remap_curve(x: jax.Array, ys: jax.Array) -> jax.Array:
+    """The smooth curve through (linspace(0, 1, K), ys) at x in [0, 1]: cosine
+    interpolation between neighbouring control points (continuous, flat at each point,
+    non-monotonic wherever the ys are)."""
+    k = ys.shape[0]
+    t = jnp.clip(x, 0.0, 1.0) * (k - 1)
+    i = jnp.clip(jnp.floor(t).astype(jnp.int32), 0, k - 2)
+    w = (1.0 - jnp.cos(jnp.pi * (t - i))) / 2.0
+    return ys[i] * (1.0 - w) + ys[i + 1] * w
+
+
+def contrast_remap(image: jax.Array, key: jax.Array) -> jax.Array:
+    """A random smooth intensity map over the head of one image [H, W, C] in [0, 1]: the
+    head's intensities (rescaled to [0, 1] between their 1st and 99th percentiles) go
+    through `remap_curve` with K control points drawn U(0, 1) (inverted half the time), so
+    tissue brightness order can change as it does between T1 and T2; the background stays
+    black (the curve is weighted by the soft foreground mask)."""
+    k_y, k_invert = jax.random.split(key)
+    weights = intensity.foreground_weights(image)
+    grey = jnp.mean(image, axis=-1, keepdims=True)
+    head = jnp.mean(weights, axis=-1, keepdims=True) > 0.5
+    low, high = jnp.nanpercentile(jnp.where(head, grey, jnp.nan), jnp.array(REMAP_PERCENTILES))
+    x = (grey - low) / jnp.maximum(high - low, 1e-6)
+    ys = jax.random.uniform(k_y, (REMAP_POINTS,))
+    ys = jnp.where(jax.random.bernoulli(k_invert), 1.0 - ys, ys)
+    return jnp.clip(remap_curve(x, ys) * weights, 0.0, 1.0)
+
+
 def augment_one(image: jax.Array, key: jax.Array, cfg: Mapping) -> jax.Array:
     """One image [H, W, C] in [0, 1]: affine (if any geometry field is set), then gin
-    (if set: the sequence's contrast), then each intensity op in a fixed order, each with
-    probability cfg.prob; clipped to [0, 1]."""
+    (if set: the sequence's contrast), then contrast_remap (with its own probability),
+    then each intensity op in a fixed order, each with probability cfg.prob; clipped to
+    [0, 1]."""
     prob = float(cfg.get("prob", 0.0))
     keys = jax.random.split(key, 2 * (1 + len(INTENSITY_OPS)))
     out = image
+    remap = float(cfg.get("contrast_remap") or 0.0)
+    if prob <= 0:  # contrast_remap alone
+        return _remapped(out, key, remap)
     if any(cfg.get(f) for f in GEOMETRY_FIELDS):
         moved = _geometry(out, keys[0], cfg)
         out = jnp.where(jax.random.bernoulli(keys[1], prob), moved, out)
@@ -142,6 +182,7 @@ def augment_one(image: jax.Array, key: jax.Array, cfg: Mapping) -> jax.Array:
         k_alpha, k_net, k_apply = jax.random.split(jax.random.fold_in(key, _GIN_STREAM), 3)
         mixed = jnp.clip(gin(out, k_net, _uniform(k_alpha, cfg["gin"])), 0.0, 1.0)
         out = jnp.where(jax.random.bernoulli(k_apply, prob), mixed, out)
+    out = _remapped(out, key, remap)
     for i, op in enumerate(INTENSITY_OPS, start=1):
         if cfg.get(op) is None:
             continue
@@ -150,12 +191,21 @@ def augment_one(image: jax.Array, key: jax.Array, cfg: Mapping) -> jax.Array:
     return jnp.clip(out, 0.0, 1.0)
 
 
+def _remapped(image: jax.Array, key: jax.Array, prob: float) -> jax.Array:
+    """contrast_remap with probability `prob`, from its own key stream (folded in apart
+    from the other ops' split, so configs without it draw exactly what they drew before)."""
+    if prob <= 0:
+        return image
+    k_map, k_apply = jax.random.split(jax.random.fold_in(key, _REMAP_STREAM))
+    return jnp.where(jax.random.bernoulli(k_apply, prob), contrast_remap(image, k_map), image)
+
+
 def apply(images: jax.Array, keys: jax.Array, cfg: Mapping | None) -> jax.Array:
     """Augments a batch [N, H, W, C] in [0, 1] with one key per example (see module doc).
-    A missing cfg or prob <= 0 returns the images unchanged."""
+    A missing cfg, or prob <= 0 and no contrast_remap, returns the images unchanged."""
     cfg = dict(cfg or {})
     check_config(cfg)
-    if float(cfg.get("prob", 0.0)) <= 0:
+    if float(cfg.get("prob", 0.0)) <= 0 and not float(cfg.get("contrast_remap") or 0.0):
         return images
     return jax.vmap(lambda im, k: augment_one(im, k, cfg))(images, keys)
 
@@ -171,5 +221,8 @@ def check_config(cfg: Mapping) -> None:
             raise UserError(f"train_augment.{name} must be a (low, high) pair with low <= high, got {value!r}")
     if cfg.get("gamma") is not None and float(cfg["gamma"][0]) <= 0:
         raise UserError(f"train_augment.gamma must be positive, got {cfg['gamma']!r}")
+    remap = cfg.get("contrast_remap")
+    if remap is not None and not 0.0 <= float(remap) <= 1.0:
+        raise UserError(f"train_augment.contrast_remap is a probability in [0, 1], got {remap!r}")
     if cfg.get("gin") is not None and not 0.0 <= float(cfg["gin"][0]) <= float(cfg["gin"][1]) <= 1.0:
         raise UserError(f"train_augment.gin is a mixing weight range within [0, 1], got {cfg['gin']!r}")

@@ -142,6 +142,9 @@ def get_config() -> ml_collections.ConfigDict:
         rotate_deg=10.0, scale=(0.9, 1.1), translate=0.05))
     # GIN random intensity network's mixing range, e.g. (0.0, 1.0); None: off.
     c.train_augment.gin = ml_collections.config_dict.placeholder(tuple)
+    # Probability of a random smooth, possibly non-monotonic intensity map over the head
+    # (augmentations.contrast_remap: for MRI sequences never seen in training); 0: off.
+    c.train_augment.contrast_remap = 0.0
 
     # Evaluation: clean + each corruption at each severity (brainjax.degrade constants).
     # reference_report: report.json of a reference model (e.g. this config trained with

@@ -73,13 +73,21 @@ def _soft(inside_distance: np.ndarray, width: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-inside_distance / width))
 
 
-def generate_slice(seed: int, index: int, label: int, size: int = 128) -> np.ndarray:
-    """One phantom slice as uint8 [size, size, 1]; a pure function of its arguments."""
+WEIGHTINGS = ("mixed", "t1", "t2")
+
+
+def generate_slice(seed: int, index: int, label: int, size: int = 128, weighting: str = "mixed") -> np.ndarray:
+    """One phantom slice as uint8 [size, size, 1]; a pure function of its arguments.
+    `weighting`: "mixed" (T1- or T2-like at random, half each), "t1" or "t2" (one
+    sequence only: two phantom "sites" that differ only in sequence)."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     rng = np.random.default_rng([seed, index, label])
     coords = (np.arange(size) + 0.5) / size * 2 - 1
     y, x = np.meshgrid(coords, coords, indexing="ij")
     px = 2.0 / size  # one pixel in normalised units
-    t2 = rng.random() < 0.5
+    t2 = rng.random() < 0.5  # drawn in every weighting, so the rest of the slice's draws are the same
+    t2 = t2 if weighting == "mixed" else weighting == "t2"
     tissue = {k: v[1 if t2 else 0] + rng.normal(0, 0.03) for k, v in _TISSUE.items()}
 
     # Head geometry.
@@ -160,8 +168,8 @@ def generate_slice(seed: int, index: int, label: int, size: int = 128) -> np.nda
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None]
 
 
-def generate_split(seed: int, num_examples: int, size: int = 128):
+def generate_split(seed: int, num_examples: int, size: int = 128, weighting: str = "mixed"):
     """Yields (index, image, label) with balanced, interleaved labels."""
     for index in range(num_examples):
         label = index % len(CLASS_NAMES)
-        yield index, generate_slice(seed, index, label, size), label
+        yield index, generate_slice(seed, index, label, size, weighting), label
