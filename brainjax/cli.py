@@ -6,6 +6,7 @@
   brainjax --workdir=... --mode=evaluate                        # re-evaluate the best checkpoint
   brainjax --workdir=... --mode=predict --images=a.jpg,b.png [--explain]   # + Grad-CAM PNGs
   brainjax --workdir=... --mode=gallery --images=x.jpg          # every corruption x severity
+  brainjax --workdir=... --mode=loso --config=configs/phantom_sequences.py   # leave one source out
   brainjax --workdir=... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
 
 `--config` takes a file path, or the name of a config bundled with the package
@@ -102,7 +103,8 @@ def define_flags() -> None:
     except CONFIG_ERRORS as err:
         config_flag_error(err)
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
-    flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "gallery"], "What to do.")
+    flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "gallery", "loso"],
+                      "What to do (loso: one training per held-out source of config.sources).")
     flags.DEFINE_list("images", [], "--mode=predict / --mode=gallery inputs: image files, DICOM files, DICOM series "
                       "folders, NIfTI volumes, or folders of them (searched recursively).")
     flags.DEFINE_string("predictions", None, "--mode=predict: also write one CSV row per slice here (source, slice, "

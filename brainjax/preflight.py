@@ -55,7 +55,13 @@ def check_workdir(workdir: str | None, mode: str) -> None:
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise UserError(f"--workdir={workdir}: {existing} is a file, so the folder cannot be made; choose another path")
-    writes = mode in ("train", "gallery", "evaluate")  # predict writes only with --explain (checked then)
+    if mode == "loso" and os.path.isdir(path):
+        strays = sorted(e for e in os.listdir(path) if not e.startswith(".") and not is_loso_entry(path, e))
+        if strays:
+            raise UserError(f"--workdir={workdir} holds files that are not a leave-one-source-out run "
+                            f"({', '.join(strays[:3])}); give --mode=loso a new or empty folder")
+        files.own(path)
+    writes = mode in ("train", "gallery", "evaluate", "loso")  # predict writes only with --explain (checked then)
     if writes and not files.can_write_in(existing):
         raise UserError(f"--workdir={workdir}: {existing} is not writable; choose a folder you can write to")
     if os.path.isdir(path) and mode == "train" and not is_run_dir(path):
@@ -65,6 +71,14 @@ def check_workdir(workdir: str | None, mode: str) -> None:
                             f"{', ...' if len(entries) > 3 else ''}); train in a new or empty folder")
     if os.path.isdir(path) and (is_run_dir(path) or not os.listdir(path)):
         files.own(path)
+
+
+def is_loso_entry(workdir: str, entry: str) -> bool:
+    """What --mode=loso writes in its folder: holdout-<name>/ runs, loso.json, loso.md."""
+    if entry in ("loso.json", "loso.md"):
+        return True
+    path = os.path.join(workdir, entry)
+    return entry.startswith("holdout-") and os.path.isdir(path) and (is_run_dir(path) or not os.listdir(path))
 
 
 def split_names(spec: str) -> list[str]:

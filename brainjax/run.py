@@ -11,7 +11,7 @@ from typing import Sequence
 import jax
 import ml_collections
 
-from brainjax import evaluation, evaluators, inference, loop, parallel, prediction, preflight, train
+from brainjax import evaluation, evaluators, inference, loop, loso, parallel, prediction, preflight, train
 from brainjax.errors import UserError, missing_extra
 
 log = logging.getLogger("brainjax")
@@ -61,6 +61,8 @@ def main(config: ml_collections.ConfigDict, workdir: str, mode: str, images: Seq
             return 1 if predict_files(config, workdir, images, explain, overrides, predictions) else 0
         elif mode == "gallery":
             return 1 if gallery_files(config, workdir, images) else 0
+        elif mode == "loso":
+            loso.run_loso(config, workdir)
         else:
             raise UserError(f"unknown mode {mode!r}")
     except loop.Preempted:

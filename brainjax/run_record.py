@@ -22,7 +22,9 @@ from typing import Any, Mapping
 # Config subtrees / fields of the record, and the paths under them that may change.
 RESUME_FIELDS = ("model", "image_size", "trainable", "optimizer", "batch_size", "input_shards", "dataset",
                  "train_split", "class_map", "test_fraction", "slice_axis", "volume_min_foreground", "feature_cache",
-                 "fixed_degraded_copy")
+                 "fixed_degraded_copy", "sources", "holdout_source")
+# Of each config.sources entry, what the training data depends on (its location may move).
+SOURCE_RESUME_FIELDS = ("name", "dataset", "class_map", "weight", "train_split", "test_fraction")
 MAY_CHANGE = ("model.weights_dir", "optimizer.learning_rate", "optimizer.label_smoothing")
 # Derived facts, added once the dataset is known.
 DERIVED_FIELDS = ("class_names", "steps_per_epoch")
@@ -51,6 +53,8 @@ def of_config(config: Any) -> dict[str, Any]:
     """{dotted path: value} of the resume fields of `config` (ConfigDict or dict)."""
     tree = plain(config)
     picked = {k: tree[k] for k in RESUME_FIELDS if k in tree}
+    if "sources" in picked:
+        picked["sources"] = [{k: s.get(k) for k in SOURCE_RESUME_FIELDS} for s in picked["sources"] or ()]
     return {k: v for k, v in flat_fields(picked).items() if k not in MAY_CHANGE}
 
 

@@ -37,6 +37,21 @@ def mri_degrade() -> ml_collections.ConfigDict:
     return c
 
 
+def source(name: str, dataset: str, **fields) -> dict:
+    """One entry of config.sources, every field given: `name` (short, used in reports and
+    in holdout_source), `dataset` (a tfds name, or image_folder with manual_dir),
+    `class_map` (its class names -> the run's: 'glioma_tumor=glioma,...'), `weight` (its
+    share of each training epoch, relative to the other sources), its own dataset fields,
+    and the split specs of that source read as the run's train / validation / test."""
+    entry = dict(name=name, dataset=dataset, data_dir=None, manual_dir=None, class_map="", weight=1.0,
+                 download="", test_fraction=0.2, train_split="train[:90%]", val_split="train[90%:]",
+                 test_split="test")
+    unknown = sorted(set(fields) - set(entry))
+    if unknown:
+        raise ValueError(f"source({name!r}): unknown fields {unknown}; known: {sorted(entry)}")
+    return {**entry, **fields}
+
+
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -57,6 +72,12 @@ def get_config() -> ml_collections.ConfigDict:
     # (brainjax/data/decode.py, for builds, predict and eval.ood_dirs alike).
     c.slice_axis = "axial"
     c.volume_min_foreground = 0.05
+    # Several sources in one run (brainjax/data/multi_source.py): a tuple of `source(...)`
+    # entries; the dataset fields above are then each source's own, the run's splits are
+    # the mixed dataset's train / validation / test, and holdout_source names a source to
+    # leave out of training and score on every image (report["holdout"]).
+    c.sources = ()
+    c.holdout_source = ""
     c.train_split = "train[:90%]"
     c.val_split = "train[90%:]"
     c.test_split = "test"
@@ -184,5 +205,6 @@ def get_config() -> ml_collections.ConfigDict:
     # The evaluators that write report.json, in order (modules under brainjax/evaluators/,
     # each defining an `Evaluator`; brainjax/evaluators/common.py). A new one is one file
     # plus its name here.
-    c.eval.evaluators = ("robustness", "calibration", "ood", "selective", "quality", "other_splits", "seed_protocol")
+    c.eval.evaluators = ("robustness", "calibration", "ood", "selective", "quality", "other_splits", "seed_protocol",
+                         "sources", "holdout")
     return c

@@ -40,7 +40,7 @@ tf.config.set_visible_devices([], "GPU")  # tf.data only: keep TensorFlow off th
 
 import brainjax.data.builders  # noqa: F401  (registers the builders)
 from brainjax import parallel
-from brainjax.data import decode, image_folder, kaggle
+from brainjax.data import decode, image_folder, kaggle, multi_source
 
 Batch = dict[str, np.ndarray]
 
@@ -80,10 +80,30 @@ def _manual_folder(manual_dir: str | None) -> str | None:
     return os.path.abspath(os.path.expanduser(manual_dir)) if manual_dir else manual_dir
 
 
+def sources_builder(config: Mapping[str, Any], prepare: bool):
+    """The `multi_source` builder of config.sources (built, with `prepare`: each source
+    first, by its own builder, then the mixed dataset; a mixed build already made needs
+    no source build)."""
+    sources = multi_source.source_list(config)
+    holdout = str(config.get("holdout_source") or "")
+    builders = {s["name"]: checked_builder(multi_source.source_fields(s, config)) for s in sources}
+    builder = multi_source.MultiSource(config=multi_source.multi_config(sources, builders, holdout),
+                                       data_dir=config.get("data_dir"))
+    if not prepare or builder.is_prepared():
+        return builder
+    builders = {s["name"]: builder_for(multi_source.source_fields(s, config)) for s in sources}
+    builder.source_builders = builders
+    builder.download_and_prepare()
+    return builder
+
+
 def checked_builder(config: Mapping[str, Any]):
-    """The builder of `config.dataset`, not built, after every check that needs no build:
-    a known name, the download source, and, where the builder needs manual data and is not
-    built yet, a manual_dir that holds something. Raises UserError."""
+    """The builder of `config.dataset` (of config.sources when it names sources), not
+    built, after every check that needs no build: a known name, the download source, and,
+    where the builder needs manual data and is not built yet, a manual_dir that holds
+    something. Raises UserError."""
+    if config.get("sources"):
+        return sources_builder(config, prepare=False)
     name, manual_dir, download = config.get("dataset"), config.get("manual_dir"), config.get("download") or ""
     if download:
         kaggle.check(download, name, manual_dir)
@@ -106,6 +126,8 @@ def checked_builder(config: Mapping[str, Any]):
 def builder_for(config: Mapping[str, Any]):
     """The dataset of a run config, built if needed (after `config.download` fetched the
     files into manual_dir); unknown names and missing manual data are UserErrors."""
+    if config.get("sources"):
+        return sources_builder(config, prepare=True)
     builder = checked_builder(config)
     if config.get("download"):
         kaggle.fetch(config.get("download"), config.get("dataset"), config.get("manual_dir"))
@@ -171,6 +193,40 @@ def check_layout(config: Mapping[str, Any], num_devices: int, process_count: int
                         "one of them")
 
 
+def source_draw(config: Mapping[str, Any], builder: Any, source_names: list[str]) -> np.ndarray | None:
+    """Per source, how many times each training example is drawn per epoch on average,
+    so that source s fills weight_s / sum(weights) of the epoch (the training sources'
+    weights); None when those shares are the sources' own shares of the split (nothing
+    to resample: a one-source run, or weights proportional to size)."""
+    if not source_names:
+        return None
+    counts = builder.build_report().get("splits", {}).get("train", {}).get("per_source", {})
+    weights = {s["name"]: float(s["weight"]) for s in multi_source.source_list(config)}
+    n = np.array([counts.get(name, 0) for name in source_names], np.float64)
+    w = np.array([weights[name] if counts.get(name, 0) else 0.0 for name in source_names])
+    if not n.sum() or not w.sum():
+        return None
+    share, natural = w / w.sum(), n / n.sum()
+    if np.allclose(share, natural, rtol=0, atol=1e-9):
+        return None
+    return np.where(n > 0, share / np.maximum(natural, 1e-12), 0.0)
+
+
+def weighted_draw(ds: tf.data.Dataset, repeats: np.ndarray, seed: int, epoch: int) -> tf.data.Dataset:
+    """Each example repeated floor(r) or floor(r) + 1 times (r: its source's repeat factor,
+    the extra copy with probability frac(r)), drawn from (seed, epoch, the example's
+    global index): the same whatever process or device reads it."""
+    table = tf.constant(repeats, tf.float64)
+
+    def copies(ex):
+        r = tf.gather(table, ex["source"])
+        u = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed * 100_003 + epoch, tf.int64),
+                                                          tf.cast(ex["index"], tf.int64)]), dtype=tf.float64)
+        return tf.cast(tf.floor(r) + tf.cast(u < r - tf.floor(r), tf.float64), tf.int64)
+
+    return ds.flat_map(lambda ex: tf.data.Dataset.from_tensors(ex).repeat(copies(ex)))
+
+
 class InputPipeline:
     """Train/eval iterators over one tfds dataset, sharded over processes and devices."""
 
@@ -182,6 +238,9 @@ class InputPipeline:
         self.process_index, self.process_count = process_index, process_count
         self.builder = builder_for(config)
         self.class_names: list[str] = list(self.builder.info.features["label"].names)
+        features = self.builder.info.features
+        self.source_names: list[str] = list(features["source"].names) if "source" in features else []
+        self.draw = source_draw(config, self.builder, self.source_names)
         self._cache: dict[str, tf.data.Dataset] = {}
         self._filled: set[str] = set()
         self.decoded = tf.Variable(0, dtype=tf.int64, trainable=False)  # examples decoded by this process
@@ -236,10 +295,15 @@ class InputPipeline:
             ds = ds.skip(skip).take(hi - lo).enumerate()  # position within this process's range
             size, counter = self.size, self.decoded
 
+            with_source = bool(self.source_names)
+
             def decode(i, ex):
                 with tf.control_dependencies([counter.assign_add(1)]):
-                    return {"image": to_gray_resized(ex["image"], size), "label": tf.cast(ex["label"], tf.int32),
-                            "index": tf.cast(i, tf.int32) + lo}
+                    out = {"image": to_gray_resized(ex["image"], size), "label": tf.cast(ex["label"], tf.int32),
+                           "index": tf.cast(i, tf.int32) + lo}
+                    if with_source:
+                        out["source"] = tf.cast(ex["source"], tf.int32)
+                    return out
 
             self._cache[split] = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
         return self._cache[split]
@@ -277,9 +341,14 @@ class InputPipeline:
         parts = []
         for shard in range(p * v // count, (p + 1) * v // count):
             a, b = bounds[shard] - lo, bounds[shard + 1] - lo
-            part = ds.skip(a).take(b - a).shuffle(max(min(buffer, b - a), 1),
+            part = ds.skip(a).take(b - a)
+            if self.draw is not None and split == self.config.train_split:
+                part = weighted_draw(part, self.draw, seed, epoch)
+            part = part.shuffle(max(min(buffer, b - a), 1),
                                                   seed=(seed * 100_003 + epoch) * 4_099 + shard,
                                                   reshuffle_each_iteration=False)
+            if self.draw is not None and split == self.config.train_split:
+                part = part.repeat()  # a drawn shard may be shorter than the epoch's share
             parts.append(part.batch(sub_batch, drop_remainder=True).take(steps))
         ds = tf.data.Dataset.zip(tuple(parts)).map(
             lambda *subs: {k: tf.concat([s[k] for s in subs], axis=0) for k in subs[0]})
@@ -301,7 +370,8 @@ class InputPipeline:
     def _pad_and_shard(self, batch: Batch | None, local_batch: int) -> Batch:
         if batch is None:
             batch = {"image": np.zeros((0, self.size, self.size, 1), np.uint8),
-                     "label": np.zeros((0,), np.int32), "index": np.zeros((0,), np.int32)}
+                     "label": np.zeros((0,), np.int32), "index": np.zeros((0,), np.int32),
+                     **({"source": np.zeros((0,), np.int32)} if self.source_names else {})}
         n = len(batch["label"])
         out = {k: np.concatenate([v, np.zeros((local_batch - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
         out["mask"] = (np.arange(local_batch) < n).astype(np.float32)

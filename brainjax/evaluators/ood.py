@@ -357,11 +357,15 @@ def evaluate_ood(config: Any, fns: OodFns, rvariables: Any, pipeline: Any, rng: 
     variables_shape = parallel.replica_shapes(rvariables)
     stats = fit_gaussian(fns.moments, rvariables, lambda: pipeline.eval_batches(config.train_split),
                          fns.num_classes, fns.dim_of(variables_shape), float(config.eval.get("ood_shrinkage", 0.1)))
+    held_out = (("holdout", "holdout"),) if config.get("holdout_source") else ()  # the held-out source's split
     split_outputs = {name: predict_outputs(fns.split_step, rvariables, pipeline.eval_batches(split), rng)
-                     for name, split in (("validation", config.val_split), ("test", config.test_split))}
+                     for name, split in (("validation", config.val_split), ("test", config.test_split), *held_out)}
     val = scores(split_outputs["validation"]["logits"], split_outputs["validation"]["pooled"], stats, temperature)
     out_sets = {config.test_split: scores(split_outputs["test"]["logits"], split_outputs["test"]["pooled"], stats,
                                           temperature)}
+    if held_out:
+        out_sets["holdout"] = scores(split_outputs["holdout"]["logits"], split_outputs["holdout"]["pooled"], stats,
+                                     temperature)
     for folder in ood_folders(config):
         images = readable_images(folder, int(config.image_size),
                                  {"slice_axis": str(config.get("slice_axis", "axial")),

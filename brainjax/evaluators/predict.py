@@ -39,19 +39,21 @@ def real_examples(batch: Mapping[str, np.ndarray], keys: tuple[str, ...]) -> lis
 
 def predict_outputs(eval_fn: Callable, rvariables: Any, batches: Iterable[Mapping[str, np.ndarray]],
                     rng: jax.Array, level: float = 0.0) -> dict[str, np.ndarray]:
-    """{"logits", "label", "index"[, "quality"]} of every example of the split, in split
+    """{"logits", "label", "index"[, "quality", "source"]} of every example of the split, in split
     order, gathered from all processes (host numpy). `rvariables`: replicated variables."""
-    outputs, labels, indices, masks = [], [], [], []
+    outputs, carried, masks = [], {}, []
     level = np.float32(level)
     for batch in batches:
-        out = eval_fn(rvariables, parallel.shard({k: v for k, v in batch.items() if k != "mask"}), rng, level)
+        out = eval_fn(rvariables, parallel.shard({k: v for k, v in batch.items() if k not in ("mask", "source")}),
+                      rng, level)
         outputs.append(out if isinstance(out, dict) else {"logits": out})  # fetched after the loop
-        labels.append(parallel.flat_rows(batch["label"]))
-        indices.append(parallel.flat_rows(batch["index"]))
+        for key in ("label", "index", "source"):  # "source": a multi-source dataset's
+            if key in batch:
+                carried.setdefault(key, []).append(parallel.flat_rows(batch[key]))
         masks.append(batch["mask"].reshape(-1))
     local = {k: np.concatenate([parallel.flat_rows(parallel.host_local(o[k])) for o in outputs]).astype(np.float32) for k in outputs[0]}
-    local.update({"label": np.concatenate(labels).astype(np.int32), "index": np.concatenate(indices).astype(np.int32),
-                  "mask": np.concatenate(masks)})
+    local.update({k: np.concatenate(v).astype(np.int32) for k, v in carried.items()})
+    local["mask"] = np.concatenate(masks)
     every = parallel.gather_from_processes(local)
     every = {k: v.reshape(-1, *v.shape[2:]) for k, v in every.items()}
     keep = every["mask"] > 0

@@ -1,0 +1,18 @@
+"""Two phantom "sites" that differ only in sequence (T1-like vs T2-like weighting, other
+patients): train on T1, score the T2 site as a held-out source (report["holdout"]).
+`--mode=loso` trains once per site, each held out in turn.
+
+  python launch.py --config=configs/phantom_sequences.py --workdir=runs/phantom_sequences
+"""
+
+from configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.dataset = "multi_source"
+    c.sources = (default.source("t1", "brain_phantom/t1"), default.source("t2", "brain_phantom/t2"))
+    c.holdout_source = "t2"
+    c.train_split, c.val_split, c.test_split = "train", "validation", "test"
+    c.eval.ood_dirs = ()
+    return c
