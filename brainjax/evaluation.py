@@ -24,7 +24,7 @@ def evaluate_and_report(config: ml_collections.ConfigDict, model: Any, variables
     report."""
     if eval_fns is None:
         eval_fns = evaluators.make_eval_fns(model, tuple(config.eval.corruptions),
-                                            bool(config.eval.get("seed_protocol_split")))
+                                            bool(config.eval.seed_protocol_split))
     batch_stats = variables.get("batch_stats", {})
     rvariables = parallel.replicate(steps.model_variables(variables["params"], batch_stats))
     adapt = evaluators.adapter_from_config(config, model, batch_stats)

@@ -137,7 +137,7 @@ def sidecar(config: ml_collections.ConfigDict, workdir: str, fmt: str, class_nam
     temperature = float(calibration["temperature"]) if calibration else 1.0
     size = int(config.image_size)
     shapes = {"probabilities": ["N", len(class_names)], "quality": ["N"], "ood_score": ["N"]}
-    standardize = str(config.model.get("standardize", "none"))
+    standardize = str(config.model.standardize)
     out = {"format": fmt, "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["N", size, size, 1]},
            "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": shapes[OUTPUT_NAME]},
            "outputs": [{"name": n, "dtype": "float32", "shape": shapes[n]} for n in names],

@@ -128,13 +128,13 @@ def check_config(config: ml_collections.ConfigDict, label_tree: Any, has_batch_s
     if config.train_degrade.recipe != "none" or config.train_degrade.get("flip_lr"):
         problems.append("config.train_degrade must be fixed: recipe='none' and flip_lr=False "
                         "(use config.fixed_degraded_copy=True for the seed's one fixed degraded copy per image)")
-    if config.get("train_augment") and (float(config.train_augment.get("prob", 0.0)) > 0
+    if config.train_augment and (float(config.train_augment.prob) > 0
                                         or float(config.train_augment.get("contrast_remap") or 0.0) > 0):
         problems.append("config.train_augment.prob and contrast_remap must be 0 (random augmentations change the "
                         "base's input)")
     if config.model.get("quality_head") and config.model.quality_head.get("enabled"):
         problems.append("config.model.quality_head.enabled must be False (cached inputs carry no degradation targets)")
-    if config.model.get("base_batchnorm_train") and has_batch_stats:
+    if config.model.base_batchnorm_train and has_batch_stats:
         problems.append("config.model.base_batchnorm_train must be False (batch statistics change per batch)")
     if jax.process_count() > 1:
         problems.append("feature caching runs in a single process (got %d)" % jax.process_count())

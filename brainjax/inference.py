@@ -79,6 +79,37 @@ def is_model_field(path: str) -> bool:
     return path.split(".")[0] in MODEL_FIELDS and path not in LOCATION_FIELDS
 
 
+def missing_fields(run: dict, flags: dict, prefix: str = "") -> list[str]:
+    """Dotted paths the command-line config has and the run's config.json lacks (fields
+    added to brainjax after the run was trained)."""
+    out = []
+    for key, value in flags.items():
+        path = prefix + key
+        if key not in run:
+            out.append(path)
+        elif isinstance(value, dict) and isinstance(run[key], dict):
+            out += missing_fields(run[key], value, path + ".")
+    return out
+
+
+def fill_missing(run: dict, flags: dict, path: str) -> dict:
+    """The run's config with the fields it lacks taken from the command-line config (whose
+    config file owns the defaults), each named in a warning. A missing model field is a
+    UserError: the run's model was built without it, and the default may not be what it
+    trained with."""
+    missing = missing_fields(run, flags)
+    model = [m for m in missing if is_model_field(m)]
+    if model:
+        raise UserError(f"{path} lacks the model field(s) {model} (a run from an older brainjax): the model it "
+                        "trained cannot be rebuilt with certainty; train it again with this version")
+    for key in missing:
+        _assign(run, key, _lookup(flags, key)[1])
+    if missing:
+        log.warning("%s lacks %s (fields newer than the run): using the command-line config's values", path,
+                    ", ".join(missing))
+    return run
+
+
 def inference_config(flag_config: ml_collections.ConfigDict, workdir: str,
                      overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """The config to evaluate / predict with: the run's config.json, with the command
@@ -90,8 +121,8 @@ def inference_config(flag_config: ml_collections.ConfigDict, workdir: str,
         log.warning("%s has no %s (a run older than it): building the model from the command-line config; "
                     "it must match the training flags exactly", os.path.abspath(workdir), RUN_CONFIG_FILE)
         return flag_config
-    run = _plain(load_run_config(workdir))
     flags = _plain(flag_config)
+    run = fill_missing(_plain(load_run_config(workdir)), flags, path)
     for key in overrides:
         found, value = _lookup(flags, key)
         if not found:

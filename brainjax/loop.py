@@ -241,9 +241,9 @@ class FitRun:
     def __init__(self, config, ckpt, *, step_fn, source, validate, rng, writers, tag):
         self.config, self.ckpt, self.step_fn, self.source = config, ckpt, step_fn, source
         self.validate, self.rng, self.writers, self.tag = validate, rng, writers, tag
-        self.every_steps = int(config.get("checkpoint_every_steps", 0) or 0)
-        self.every_seconds = float(config.get("checkpoint_every_seconds", 0) or 0)
-        self.save_from = parallel.checkpoint_source(config.get("checkpoint_from", "auto"))
+        self.every_steps = int(config.checkpoint_every_steps or 0)
+        self.every_seconds = float(config.checkpoint_every_seconds or 0)
+        self.save_from = parallel.checkpoint_source(config.checkpoint_from)
         self.log_every = max(int(config.log_every_steps), 1)
         self.steps_per_epoch = source.steps_per_epoch
         self.windows = MetricWindows()

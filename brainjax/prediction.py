@@ -33,8 +33,8 @@ log = logging.getLogger("brainjax")
 
 def read_options(config: Any) -> dict:
     """The decoder's options a run uses (its slicing of volumes)."""
-    return {"slice_axis": str(config.get("slice_axis", "axial")),
-            "min_foreground": float(config.get("volume_min_foreground", decode.MIN_FOREGROUND))}
+    return {"slice_axis": str(config.slice_axis),
+            "min_foreground": float(config.volume_min_foreground)}
 
 
 class Inputs:
@@ -137,7 +137,7 @@ def predict_images(config: ml_collections.ConfigDict, workdir: str, paths: Seque
     inputs = Inputs(paths, config)
     slices = [s for d in inputs for s in d.slices]
     images = decode.model_inputs(slices, int(config.image_size))
-    adapt = config.eval.get("adapt_batchnorm", False)
+    adapt = config.eval.adapt_batchnorm
     predictor = load_predictor(config, workdir, rule, adapt_images=images if adapt else None)
     out = predictor.score(images) if len(images) else {}
     return dict(paths=[label(s) for s in slices], slices=slices, class_names=predictor.class_names,
@@ -231,7 +231,7 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequen
     rule = config.eval.abstain_rule if "eval.abstain_rule" in overrides else None
     source: Any = inputs
     adapt_images = None
-    if config.eval.get("adapt_batchnorm", False):  # statistics from every image: gathered, not streamed
+    if config.eval.adapt_batchnorm:  # statistics from every image: gathered, not streamed
         source = list(inputs)
         adapt_images = decode.model_inputs([s for d in source for s in d.slices], int(config.image_size))
     predictor = load_predictor(config, workdir, rule, adapt_images)

@@ -89,11 +89,11 @@ def split_names(spec: str) -> list[str]:
 def configured_splits(config: Any, mode: str) -> dict[str, str]:
     """{field: split spec} of every split the mode reads."""
     out = {"test_split": config.test_split, "val_split": config.val_split}
-    if mode == "train" or config.eval.get("ood_method") or config.get("feature_cache"):
+    if mode == "train" or config.eval.ood_method or config.feature_cache:
         out["train_split"] = config.train_split
-    for i, split in enumerate(config.eval.get("extra_splits", ()) or ()):
+    for i, split in enumerate(config.eval.extra_splits or ()):
         out[f"eval.extra_splits[{i}]"] = split
-    if config.eval.get("seed_protocol_split"):
+    if config.eval.seed_protocol_split:
         out["eval.seed_protocol_split"] = config.eval.seed_protocol_split
     return out
 
@@ -184,7 +184,7 @@ def check_dataset(config: Any, mode: str) -> list[str]:
 
 
 def check_training(config: Any, workdir: str) -> None:
-    if config.get("fixed_degraded_copy") and not config.get("feature_cache"):
+    if config.fixed_degraded_copy and not config.feature_cache:
         raise UserError("config.fixed_degraded_copy=True (the seed's fixed degraded copies) is implemented for the "
                         "feature-cache path: set config.feature_cache=True (frozen base), or use "
                         "config.train_degrade for random per-step degradation instead")

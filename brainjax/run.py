@@ -22,7 +22,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     takes its share; process 0 writes report.json, under adapted/ with
     eval.adapt_batchnorm), in the config's parallel mode."""
     preflight.check(config, workdir, "evaluate")
-    with parallel.using(config.get("parallel", "pmap")):
+    with parallel.using(config.parallel):
         return _evaluate_workdir(config, workdir)
 
 

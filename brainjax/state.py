@@ -37,7 +37,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
     lr = config.optimizer.learning_rate
     if config.schedule.name == "cosine":
         total = config.num_epochs * steps_per_epoch
-        warmup = int(config.schedule.get("warmup_epochs", 0) * steps_per_epoch)
+        warmup = int(config.schedule.warmup_epochs * steps_per_epoch)
         return optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, max(warmup, 1), max(total, warmup + 1))
     if config.schedule.name not in ("plateau", "constant"):
         raise UserError(f"config.schedule.name must be 'plateau', 'cosine' or 'constant', got {config.schedule.name!r}")
@@ -98,9 +98,9 @@ def locate_pretrained_weights(config: ml_collections.ConfigDict) -> str | None:
 
     With several processes, process 0 resolves (and if needed downloads) the file first
     and the others wait at a barrier, so they never race on the same cache file."""
-    weights = config.model.get("weights", "none")
+    weights = config.model.weights
     if weights in (None, "", "none"):
         return None
     return parallel.process_zero_first(
         "pretrained_weights",
-        lambda: keras_weights.locate(config.model.backbone, weights, weights_dir=config.model.get("weights_dir")))
+        lambda: keras_weights.locate(config.model.backbone, weights, weights_dir=config.model.weights_dir))

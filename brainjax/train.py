@@ -81,14 +81,14 @@ def cached_run(config: ml_collections.ConfigDict, model: Any, host_state: Any, p
     t0 = time.perf_counter()
     variables = steps.model_variables(host_state.params, host_state.batch_stats)
     images, labels = _split_arrays(pipeline, config.train_split)
-    if config.get("fixed_degraded_copy"):
+    if config.fixed_degraded_copy:
         images, labels = feature_cache.seed_protocol_inputs(images, labels, config.seed)
     val_images, val_labels = _split_arrays(pipeline, config.val_split)
-    fb = int(config.get("eval_batch_size", config.batch_size))
+    fb = int(config.eval_batch_size)
     feats = feature_cache.as_head_input(feature_cache.pooled_features(model, variables, images, fb))
     val_feats = feature_cache.as_head_input(feature_cache.pooled_features(model, variables, val_images, fb))
     log.info("feature cache: %d training inputs%s and %d validation images through the frozen base in %.1f s",
-             len(labels), " (each image + one fixed degraded copy)" if config.get("fixed_degraded_copy") else "",
+             len(labels), " (each image + one fixed degraded copy)" if config.fixed_degraded_copy else "",
              len(val_labels), time.perf_counter() - t0)
     source = feature_cache.CachedBatches(feats, labels, batch_size=int(config.batch_size), seed=config.seed,
                                          num_local_devices=jax.local_device_count())
@@ -103,14 +103,14 @@ def cached_run(config: ml_collections.ConfigDict, model: Any, host_state: Any, p
 def quality_loss_weight(config: ml_collections.ConfigDict) -> float:
     """config.quality_loss_weight if the model has a quality head, else 0."""
     head = config.model.get("quality_head")
-    return float(config.get("quality_loss_weight", 0.0)) if head and head.get("enabled") else 0.0
+    return float(config.quality_loss_weight) if head and head.get("enabled") else 0.0
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from `workdir` if it holds a checkpoint), then evaluates the best
     model on the test split, clean and degraded; writes report.json. Returns the report.
     Steps are compiled in the config's parallel mode (`config.parallel`)."""
-    with parallel.using(config.get("parallel", "pmap")):
+    with parallel.using(config.parallel):
         return _train_and_evaluate(config, workdir)
 
 
@@ -137,13 +137,13 @@ def training_run(config: ml_collections.ConfigDict, workdir: str) -> TrainingRun
     """Checks the config against `workdir` (`preflight`: before the dataset build, and
     the resume record once the dataset is known), writes its config.json and builds the
     run (call inside `parallel.using(config.parallel)`)."""
-    cached = bool(config.get("feature_cache"))
+    cached = bool(config.feature_cache)
     preflight.check(config, workdir, "train")  # everything checkable, before the dataset build
     pipeline = input_pipeline(config)
     model = models.create_model(config.model, pipeline.num_classes)
     init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 3)
     if cached:
-        n_train = pipeline.num_examples(config.train_split) * (2 if config.get("fixed_degraded_copy") else 1)
+        n_train = pipeline.num_examples(config.train_split) * (2 if config.fixed_degraded_copy else 1)
         steps_per_epoch = max(n_train // config.batch_size, 1)
     else:
         steps_per_epoch = pipeline.steps_per_epoch(config.train_split)
@@ -158,8 +158,8 @@ def training_run(config: ml_collections.ConfigDict, workdir: str) -> TrainingRun
              config.model.backbone, config.model.head, f"{partition.count(trainable):,}",
              f"{partition.count(frozen):,}", jax.local_device_count(), jax.process_count(), steps_per_epoch)
     eval_fns = evaluators.make_eval_fns(model, tuple(config.eval.corruptions),
-                                        bool(config.eval.get("seed_protocol_split")))
-    step_kwargs = dict(tx=tx, label_tree=label_tree, label_smoothing=config.optimizer.get("label_smoothing", 0.0))
+                                        bool(config.eval.seed_protocol_split))
+    step_kwargs = dict(tx=tx, label_tree=label_tree, label_smoothing=config.optimizer.label_smoothing)
     if cached:
         feature_cache.check_config(config, label_tree, bool(host_state.batch_stats))
         source, validate = cached_run(config, model, host_state, pipeline)
@@ -175,7 +175,7 @@ def training_run(config: ml_collections.ConfigDict, workdir: str) -> TrainingRun
         train_model = models.create_model(config.model, pipeline.num_classes,
                                           bn_axis_name=parallel.AXIS if jax.device_count() > 1 else None,
                                           frozen_base="backbone" not in trainable)
-        augment_cfg = config.get("train_augment")
+        augment_cfg = config.train_augment
         step = functools.partial(steps.train_step, model=train_model, degrade_cfg=config.train_degrade.to_dict(),
                                  augment_cfg=augment_cfg.to_dict() if augment_cfg else None,
                                  quality_loss_weight=quality_loss_weight(config), **step_kwargs)

@@ -55,7 +55,7 @@ class MultiSourceConfig(tfds.core.BuilderConfig):
 def source_list(config: Any) -> list[dict]:
     """config.sources as plain dicts, checked: every field present, unique non-empty names,
     positive weights, a known holdout_source. Raises UserError naming the field."""
-    sources = [dict(s.to_dict() if hasattr(s, "to_dict") else s) for s in config.get("sources") or ()]
+    sources = [dict(s.to_dict() if hasattr(s, "to_dict") else s) for s in config["sources"]]
     for i, s in enumerate(sources):
         missing = [f for f in SOURCE_FIELDS if f not in s]
         if missing:
@@ -70,7 +70,7 @@ def source_list(config: Any) -> list[dict]:
     names = [s["name"] for s in sources]
     if len(set(names)) != len(names):
         raise UserError(f"config.sources: names {names} repeat; each source needs its own name")
-    holdout = str(config.get("holdout_source") or "")
+    holdout = str(config["holdout_source"])
     if holdout and holdout not in names:
         raise UserError(f"config.holdout_source={holdout!r} is not a source (config.sources names: {names})")
     if holdout and len(names) < 2:
@@ -81,10 +81,10 @@ def source_list(config: Any) -> list[dict]:
 def source_fields(source: Mapping[str, Any], config: Any) -> dict:
     """The dataset fields of one source, as `pipeline.builder_for` takes them (the run's
     slice_axis / volume_min_foreground; its own data_dir, else the run's)."""
-    return {"dataset": source["dataset"], "data_dir": source["data_dir"] or config.get("data_dir"),
+    return {"dataset": source["dataset"], "data_dir": source["data_dir"] or config["data_dir"],
             "manual_dir": source["manual_dir"], "class_map": "", "test_fraction": source["test_fraction"],
-            "download": source["download"], "slice_axis": config.get("slice_axis"),
-            "volume_min_foreground": config.get("volume_min_foreground")}
+            "download": source["download"], "slice_axis": config["slice_axis"],
+            "volume_min_foreground": config["volume_min_foreground"]}
 
 
 def mapped_names(source: Mapping[str, Any], names: Sequence[str]) -> list[str]:

@@ -85,7 +85,7 @@ def sources_builder(config: Mapping[str, Any], prepare: bool):
     first, by its own builder, then the mixed dataset; a mixed build already made needs
     no source build)."""
     sources = multi_source.source_list(config)
-    holdout = str(config.get("holdout_source") or "")
+    holdout = str(config["holdout_source"])
     builders = {s["name"]: checked_builder(multi_source.source_fields(s, config)) for s in sources}
     builder = multi_source.MultiSource(config=multi_source.multi_config(sources, builders, holdout),
                                        data_dir=config.get("data_dir"))
@@ -108,9 +108,9 @@ def checked_builder(config: Mapping[str, Any]):
     if download:
         kaggle.check(download, name, manual_dir)
     builder = dataset_builder(name, config.get("data_dir"), manual_dir, class_map=config.get("class_map"),
-                              test_fraction=float(config.get("test_fraction", 0.2)),
-                              slice_axis=str(config.get("slice_axis") or "axial"),
-                              min_foreground=float(config.get("volume_min_foreground", decode.MIN_FOREGROUND)))
+                              test_fraction=float(config["test_fraction"]),
+                              slice_axis=str(config["slice_axis"]),
+                              min_foreground=float(config["volume_min_foreground"]))
     if download or builder.is_prepared():
         return builder
     folder = _manual_folder(manual_dir)
@@ -145,7 +145,8 @@ def prepared_builder(name: str, data_dir: str | None, manual_dir: str | None, *,
                      test_fraction: float = 0.2, download: str = ""):
     """`builder_for` with the dataset fields given one by one."""
     return builder_for(dict(dataset=name, data_dir=data_dir, manual_dir=manual_dir, class_map=class_map,
-                            test_fraction=test_fraction, download=download))
+                            test_fraction=test_fraction, download=download, slice_axis="axial",
+                            volume_min_foreground=decode.MIN_FOREGROUND))
 
 
 def prepare_dataset(config: Mapping[str, Any]) -> None:
@@ -179,15 +180,15 @@ def check_layout(config: Mapping[str, Any], num_devices: int, process_count: int
     """Batch sizes divisible by the devices; input shards a positive multiple of the
     process count and a divisor of the batch (`preflight` runs it before any work)."""
     for name in ("batch_size", "eval_batch_size"):
-        value = int(config.get(name, config.get("batch_size")))
+        value = int(config[name])
         if value < 1 or value % num_devices:
             raise UserError(f"config.{name}={value} must be divisible by the number of devices ({num_devices})")
-    shards = int(config.get("input_shards", 8))
+    shards = int(config["input_shards"])
     if shards < 1 or shards % process_count:
         raise UserError(f"config.input_shards={shards} must be a positive multiple of the process count "
                         f"({process_count}): each process reads whole shards. Set --config.input_shards to a "
                         f"multiple of {process_count} (the training order depends on it, not on the process count)")
-    if int(config.get("batch_size")) % shards:
+    if int(config["batch_size"]) % shards:
         raise UserError(f"config.batch_size={config.get('batch_size')} must be divisible by config.input_shards="
                         f"{shards} (every global batch takes the same number of examples from each shard); change "
                         "one of them")
@@ -245,9 +246,9 @@ class InputPipeline:
         self._filled: set[str] = set()
         self.decoded = tf.Variable(0, dtype=tf.int64, trainable=False)  # examples decoded by this process
         self.global_batch = int(config.batch_size)
-        self.eval_global_batch = int(config.get("eval_batch_size", config.batch_size))
+        self.eval_global_batch = int(config["eval_batch_size"])
         check_layout(config, num_local_devices * process_count, process_count)
-        self.input_shards = int(config.get("input_shards", 8))
+        self.input_shards = int(config["input_shards"])
 
     @property
     def num_classes(self) -> int:
@@ -337,7 +338,7 @@ class InputPipeline:
         lo, _ = self.process_range(split)
         ds = self._filled_cache(split)
         sub_batch, steps = self.global_batch // v, self.steps_per_epoch(split)
-        buffer = int(self.config.get("shuffle_buffer", 50_000))
+        buffer = int(self.config.shuffle_buffer)
         parts = []
         for shard in range(p * v // count, (p + 1) * v // count):
             a, b = bounds[shard] - lo, bounds[shard + 1] - lo
@@ -352,7 +353,7 @@ class InputPipeline:
             parts.append(part.batch(sub_batch, drop_remainder=True).take(steps))
         ds = tf.data.Dataset.zip(tuple(parts)).map(
             lambda *subs: {k: tf.concat([s[k] for s in subs], axis=0) for k in subs[0]})
-        ds = ds.skip(start_step).prefetch(int(self.config.get("prefetch", 2))).with_options(iterator_options())
+        ds = ds.skip(start_step).prefetch(int(self.config.prefetch)).with_options(iterator_options())
         return (parallel.device_rows(batch, self.num_local_devices) for batch in tfds.as_numpy(ds))
 
     def eval_batches(self, split: str) -> Iterator[Batch]:

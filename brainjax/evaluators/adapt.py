@@ -102,14 +102,14 @@ def make_batchnorm_adapter(model: Any, batch_stats: Mapping) -> Callable:
 def report_dir(config: Any, workdir: str) -> str:
     """Where the report goes: <workdir>/adapted/ with eval.adapt_batchnorm (a transductive
     report never overwrites the plain one in <workdir>/), else <workdir>/."""
-    if not config.eval.get("adapt_batchnorm", False):
+    if not config.eval.adapt_batchnorm:
         return workdir
     return files.make_dirs(os.path.join(workdir, ADAPTED_SUBDIR))
 
 
 def adapter_from_config(config: Any, model: Any, batch_stats: Mapping) -> Callable | None:
     """The adapter if config.eval.adapt_batchnorm is set, else None (`evaluate`'s `adapt`)."""
-    if not config.eval.get("adapt_batchnorm", False):
+    if not config.eval.adapt_batchnorm:
         return None
     return make_batchnorm_adapter(model, batch_stats)
 

@@ -229,17 +229,17 @@ class Evaluator:
 
     def check(self, config) -> None:
         has_quality = bool(config.model.get("quality_head") and config.model.quality_head.get("enabled"))
-        has_ood = bool(config.eval.get("ood_method", "mahalanobis_l2")) and config.eval.get("calibration", True)
-        check_abstain_rule(config.eval.get("abstain_rule", "max_prob"), has_quality, has_ood)
+        has_ood = bool(config.eval.ood_method) and config.eval.calibration
+        check_abstain_rule(config.eval.abstain_rule, has_quality, has_ood)
 
     def run(self, context) -> dict | None:
         config = context.config
-        if not config.eval.get("calibration", True):
+        if not config.eval.calibration:
             return None
         validation = context.predictions(config.val_split, adapted=False)  # the trained statistics
-        rule = config.eval.get("abstain_rule", "max_prob")
+        rule = config.eval.abstain_rule
         cal, sel = calibrate(validation, context.grid(config.test_split),
-                             float(config.eval.get("abstain_target_accuracy", 0.95)),
+                             float(config.eval.abstain_target_accuracy),
                              "max_prob" if rule in ood.OOD_RULES else rule)
         context.shared["selective"] = sel
         return cal

@@ -24,7 +24,7 @@ class Evaluator:
 
     def run(self, context: Any) -> dict | None:
         config = context.config
-        name = str(config.get("holdout_source") or "")
+        name = str(config.holdout_source)
         if not name:
             return None
         section = robustness.evaluate_split(context, "holdout", None)
@@ -33,5 +33,5 @@ class Evaluator:
                    if k.split("/", 1)[0] == name}
         section.update({"source": name, "copies_of_training_removed": int(removed.get("holdout", 0)),
                         "ood_auroc_vs_validation": ood_auroc(context),
-                        "ood_method": config.eval.get("ood_method", "")})
+                        "ood_method": config.eval.ood_method})
         return section

@@ -196,7 +196,7 @@ def ood_folders(config: Any) -> list[str]:
     """The eval.ood_dirs that exist; a folder set by the user that is missing or holds no
     image is a UserError (checked before training), the default one is skipped when absent."""
     folders, seen = [], set()
-    for folder in tuple(config.eval.get("ood_dirs", ())):
+    for folder in tuple(config.eval.ood_dirs):
         key = folder_key(folder)
         if key in seen:
             raise UserError(f"eval.ood_dirs lists {folder} twice; each folder is scored once, under its full path")
@@ -221,11 +221,11 @@ def folder_key(folder: str) -> str:
 
 def check_config(config: Any) -> None:
     """eval.ood_method, eval.ood_keep and eval.ood_dirs, before training."""
-    method = config.eval.get("ood_method", "mahalanobis_l2")
+    method = config.eval.ood_method
     if method and method not in METHODS:
         raise UserError(f"eval.ood_method must be one of {METHODS} (or '' for none), got {method!r}")
-    check_keep(float(config.eval.get("ood_keep", 0.95)))
-    if not 0.0 <= float(config.eval.get("ood_shrinkage", 0.1)) <= 1.0:
+    check_keep(float(config.eval.ood_keep))
+    if not 0.0 <= float(config.eval.ood_shrinkage) <= 1.0:
         raise UserError("eval.ood_shrinkage must be in [0, 1]")
     ood_folders(config)
 
@@ -310,7 +310,7 @@ def make_ood_fns(model: Any, num_classes: int) -> OodFns:
 
 def ood_fns_from_config(config: Any, model: Any, num_classes: int) -> OodFns | None:
     """None when eval.ood_method is '' (no OOD score) or calibration is off."""
-    if not config.eval.get("ood_method", "mahalanobis_l2") or not config.eval.get("calibration", True):
+    if not config.eval.ood_method or not config.eval.calibration:
         return None
     return make_ood_fns(model, num_classes)
 
@@ -353,11 +353,11 @@ def evaluate_ood(config: Any, fns: OodFns, rvariables: Any, pipeline: Any, rng: 
     eval.ood_dirs folder are scored against it."""
     from brainjax.evaluators.predict import predict_outputs
 
-    method, keep = config.eval.get("ood_method", "mahalanobis_l2"), float(config.eval.get("ood_keep", 0.95))
+    method, keep = config.eval.ood_method, float(config.eval.ood_keep)
     variables_shape = parallel.replica_shapes(rvariables)
     stats = fit_gaussian(fns.moments, rvariables, lambda: pipeline.eval_batches(config.train_split),
-                         fns.num_classes, fns.dim_of(variables_shape), float(config.eval.get("ood_shrinkage", 0.1)))
-    held_out = (("holdout", "holdout"),) if config.get("holdout_source") else ()  # the held-out source's split
+                         fns.num_classes, fns.dim_of(variables_shape), float(config.eval.ood_shrinkage))
+    held_out = (("holdout", "holdout"),) if config.holdout_source else ()  # the held-out source's split
     split_outputs = {name: predict_outputs(fns.split_step, rvariables, pipeline.eval_batches(split), rng)
                      for name, split in (("validation", config.val_split), ("test", config.test_split), *held_out)}
     val = scores(split_outputs["validation"]["logits"], split_outputs["validation"]["pooled"], stats, temperature)
@@ -368,8 +368,8 @@ def evaluate_ood(config: Any, fns: OodFns, rvariables: Any, pipeline: Any, rng: 
                                      temperature)
     for folder in ood_folders(config):
         images = readable_images(folder, int(config.image_size),
-                                 {"slice_axis": str(config.get("slice_axis", "axial")),
-                                  "min_foreground": float(config.get("volume_min_foreground", decode.MIN_FOREGROUND))})
+                                 {"slice_axis": str(config.slice_axis),
+                                  "min_foreground": float(config.volume_min_foreground)})
         if not images:
             log.warning("eval.ood_dirs: no readable image in %s; not scored", folder)
             continue

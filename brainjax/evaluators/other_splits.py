@@ -14,7 +14,7 @@ class Evaluator:
 
     def run(self, context: Any) -> dict | None:
         config = context.config
-        extra = [s for s in config.eval.get("extra_splits", ()) if s != config.test_split]
+        extra = [s for s in config.eval.extra_splits if s != config.test_split]
         if not extra:
             return None
         return {split: robustness.evaluate_split(context, split, context.shared.get("reference")) for split in extra}

@@ -56,7 +56,7 @@ def check_grid(config: Any) -> None:
     unknown = [name for name in corruptions if name not in degrade.NAMES]
     if unknown:
         raise UserError(f"eval.corruptions: unknown corruption(s) {unknown}; expected names from {degrade.NAMES}")
-    load_reference(config.eval.get("reference_report"))
+    load_reference(config.eval.reference_report)
 
 
 def check_config(config: Any, model: Any, batch_stats: Mapping) -> None:
@@ -66,7 +66,7 @@ def check_config(config: Any, model: Any, batch_stats: Mapping) -> None:
     from brainjax.evaluators import common
 
     common.check_all(config)
-    if config.eval.get("adapt_batchnorm", False):
+    if config.eval.adapt_batchnorm:
         make_batchnorm_adapter(model, batch_stats)
 
 
@@ -113,7 +113,7 @@ class Evaluator:
 
     def run(self, context: Any) -> dict:
         config = context.config
-        context.shared["reference"] = load_reference(config.eval.get("reference_report"))
+        context.shared["reference"] = load_reference(config.eval.reference_report)
         main = evaluate_split(context, config.test_split, context.shared["reference"])
         log.info("test %s: clean accuracy %.4f, macro F1 %.4f; %s", config.test_split, main["clean"]["accuracy"],
                  main["clean"]["macro_f1"],

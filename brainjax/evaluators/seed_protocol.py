@@ -17,7 +17,7 @@ class Evaluator:
         del config  # the split name is checked by preflight, against the dataset
 
     def run(self, context: Any) -> dict | None:
-        split = context.config.eval.get("seed_protocol_split")
+        split = context.config.eval.seed_protocol_split
         if not split:
             return None
         sp = robustness.seed_protocol(context.eval_fns, context.rvariables, context.pipeline, split, context.rng)

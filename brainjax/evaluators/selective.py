@@ -21,7 +21,7 @@ class Evaluator:
         sel = context.shared.get("selective")
         if sel is None:
             return None
-        rule = context.config.eval.get("abstain_rule", "max_prob")
+        rule = context.config.eval.abstain_rule
         rows = context.shared.get("ood_rows")
         if rows:
             sel["rules"].update(rows)
