@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import ml_collections
 
 import brainjax
-from brainjax import files, inference, preflight
+from brainjax import abstention, files, inference, preflight
 from brainjax.errors import UserError, missing_extra
 
 log = logging.getLogger("brainjax")
@@ -170,26 +170,7 @@ def report_summary(r: dict, path: str) -> dict:
                         "again") from None
 
 
-def abstention_entry(calibration: dict) -> dict:
-    """The sidecar's abstention rule: thresholds and how to apply them, exactly as
-    `inference.abstain_decisions` (what --mode=predict prints as ABSTAIN) does."""
-    rule = calibration["rule"]
-    entry = {"rule": rule, "target_accuracy": calibration.get("target_accuracy")}
-    ood = calibration.get("ood")
-    if ood is not None:
-        entry["ood"] = {"method": ood["method"], "threshold": float(ood["threshold"]), "keep": ood["keep"],
-                        "how": "out of distribution where ood_score > threshold"}
-    if rule in ("ood", "ood_max_prob"):
-        entry["threshold"] = float(ood["threshold"])
-        entry["how"] = "abstain where ood_score > ood.threshold" + (
-            " or max(probabilities) < max_prob_threshold" if rule == "ood_max_prob" else "")
-        if rule == "ood_max_prob":
-            entry["max_prob_threshold"] = float(calibration["thresholds"]["max_prob"])
-        return entry
-    entry["threshold"] = float(calibration["thresholds"][rule])
-    entry["how"] = ("abstain where max(probabilities) " + ("* quality " if rule == "quality" else "")
-                    + "< threshold (what --mode=predict prints as ABSTAIN)")
-    return entry
+abstention_entry = abstention.sidecar_entry  # the sidecar's entry (brainjax/abstention.py)
 
 
 def is_previous_export(path: str) -> bool:

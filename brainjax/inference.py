@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from brainjax import checkpoint, files, models, steps
+from brainjax import abstention
 from brainjax.errors import UserError
 from brainjax.evaluators import ood as ood_lib
 
@@ -236,31 +237,14 @@ def load_ood(workdir: str, calibration: Mapping | None) -> dict | None:
     return entry
 
 
-def is_out_of_distribution(ood_score: np.ndarray, ood: dict) -> np.ndarray:
-    """The OOD rule's test, the one place it is written: the score above the threshold
-    fitted on validation (calibration.json's "ood" entry, also in the export sidecar)."""
-    return np.asarray(ood_score) > ood["threshold"]
+is_out_of_distribution = abstention.is_out_of_distribution
 
 
 def abstain_decisions(probabilities: np.ndarray, quality: np.ndarray | None, calibration: dict,
                       ood_score: np.ndarray | None = None) -> np.ndarray:
-    """True where the abstention rule fitted at evaluation (calibration.json: rule and
-    thresholds) says not to rely on the prediction; what a deployment does with the
-    export sidecar: 'max_prob' / 'quality': score = max_prob (x quality), abstain if below
-    its threshold; 'ood': abstain if the OOD score is above calibration["ood"]["threshold"];
-    'ood_max_prob': either."""
-    rule = calibration["rule"]
-    if rule == "quality" and quality is None:
-        raise UserError("calibration.json's abstention rule is 'quality' but this model has no quality head")
-    if rule in ("ood", "ood_max_prob"):
-        if ood_score is None:
-            raise UserError(f"calibration.json's abstention rule is {rule!r} but no OOD score was computed")
-        out_of_distribution = is_out_of_distribution(ood_score, calibration["ood"])
-        if rule == "ood":
-            return out_of_distribution
-        return out_of_distribution | (probabilities.max(-1) < calibration["thresholds"]["max_prob"])
-    score = probabilities.max(-1) * (quality if rule == "quality" else 1.0)
-    return score < calibration["thresholds"][rule]
+    """True where calibration.json's abstention rule says not to rely on the prediction:
+    its sidecar entry applied (`brainjax.abstention`, the one implementation)."""
+    return abstention.decisions(abstention.sidecar_entry(calibration), probabilities, quality, ood_score)
 
 
 CALIBRATION_FILE = "calibration.json"
