@@ -46,3 +46,15 @@ def test_benchmark_quick_export(tmp_path):
     out = tmp_path / "b.json"
     _run("benchmarks/benchmark.py", "--export", "--repeats=1", f"--out={out}")
     assert "export_latency" in json.loads(out.read_text())
+
+
+def test_provenance_on_the_phantom_sites(tmp_path):
+    out = _run("benchmarks/provenance.py", "--config=configs/smoke_sources.py", f"--data_dir={tmp_path}")
+    assert "| t1 | t2 | 920 | 0 |" in out and "| train | 1440 |" in out
+
+
+def test_sequence_shift_runs(tmp_path):
+    out = tmp_path / "s.json"
+    _run("benchmarks/sequence_shift.py", "--epochs=1", "--candidates=none,contrast_remap", f"--out={out}")
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"none", "contrast_remap"} and all("t2" in r for r in rows.values())
