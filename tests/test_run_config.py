@@ -92,3 +92,27 @@ def test_evaluation_config_errors_come_before_training(smoke_config, tmp_path, f
     assert message in str(err.value)
     assert not os.path.exists(os.path.join(workdir, "checkpoints"))  # not one step was trained
     assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+
+
+def test_a_run_older_than_a_field_gets_it_from_the_config_file_unless_it_builds_the_model(tmp_path):
+    """Defaults live in the config files only: evaluate / predict on a run whose
+    config.json predates a field take it from the command-line config (named in a
+    warning); a missing model field is refused, since the run's model may differ."""
+    import json
+
+    import pytest
+
+    from brainjax import inference
+    from brainjax.errors import UserError
+    from configs import default
+
+    flags = default.get_config()
+    saved = json.loads(flags.to_json_best_effort())
+    del saved["holdout_source"], saved["eval"]["evaluators"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    config = inference.inference_config(flags, str(tmp_path))
+    assert config.holdout_source == "" and tuple(config.eval.evaluators) == tuple(flags.eval.evaluators)
+    del saved["model"]["standardize"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(UserError, match=r"lacks the model field\(s\) \['model.standardize'\]"):
+        inference.inference_config(flags, str(tmp_path))
