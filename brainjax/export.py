@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import ml_collections
 
 import brainjax
-from brainjax import abstention, files, inference, preflight
+from brainjax import abstention, files, inference, preflight, schema
 from brainjax.errors import UserError, missing_extra
 
 log = logging.getLogger("brainjax")
@@ -134,7 +134,7 @@ def sidecar(config: ml_collections.ConfigDict, workdir: str, fmt: str, class_nam
     temperature and abstention rule predict uses, provenance."""
     with open(os.path.join(workdir, inference.RUN_CONFIG_FILE), "rb") as f:
         config_hash = hashlib.sha256(f.read()).hexdigest()[:16]
-    temperature = float(calibration["temperature"]) if calibration else 1.0
+    temperature = schema.temperature(calibration)
     size = int(config.image_size)
     shapes = {"probabilities": ["N", len(class_names)], "quality": ["N"], "ood_score": ["N"]}
     standardize = str(config.model.standardize)
@@ -155,19 +155,11 @@ def sidecar(config: ml_collections.ConfigDict, workdir: str, fmt: str, class_nam
            "config_sha256": config_hash}
     report = os.path.join(workdir, "report.json")
     if os.path.isfile(report):
-        out["report"] = report_summary(files.read_json(report, "the run's report"), report)
+        out["report"] = schema.headline(schema.read_report(report), report)
     return out
 
 
-def report_summary(r: dict, path: str) -> dict:
-    """The sidecar's headline figures from report.json; one line when it lacks them."""
-    try:
-        return {"dataset": r.get("dataset"), "split": r.get("split"), "num_examples": r.get("num_examples"),
-                "clean_accuracy": r["summary"]["clean_accuracy"], "clean_macro_f1": r["summary"]["clean_macro_f1"],
-                "mean_corruption_accuracy": r["summary"].get("mean_degraded_accuracy")}
-    except (KeyError, TypeError, AttributeError) as err:
-        raise UserError(f"{path} lacks {err} (not a report brainjax wrote); rerun --mode=evaluate to write it "
-                        "again") from None
+report_summary = schema.headline  # the sidecar's headline figures (brainjax/schema.py)
 
 
 abstention_entry = abstention.sidecar_entry  # the sidecar's entry (brainjax/abstention.py)
@@ -236,7 +228,7 @@ def export(workdir: str, fmt: str, out: str | None = None, overwrite: bool = Fal
     if calibration is None:
         log.warning("no calibration.json in %s (run --mode=evaluate first): exporting the raw softmax "
                     "(temperature 1) with no abstention rule", workdir)
-    fn = graph_fn(model, variables, float(calibration["temperature"]) if calibration else 1.0, ood)
+    fn = graph_fn(model, variables, schema.temperature(calibration), ood)
     if out == default:
         files.make_dirs(os.path.dirname(out))
     tmp = files.temp_dir(os.path.dirname(out), ".export-")

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from brainjax import checkpoint, files, models, steps
-from brainjax import abstention
+from brainjax import abstention, schema
 from brainjax.errors import UserError
 from brainjax.evaluators import ood as ood_lib
 
@@ -247,17 +247,5 @@ def abstain_decisions(probabilities: np.ndarray, quality: np.ndarray | None, cal
     return abstention.decisions(abstention.sidecar_entry(calibration), probabilities, quality, ood_score)
 
 
-CALIBRATION_FILE = "calibration.json"
-
-
-def load_calibration(workdir: str) -> dict | None:
-    """<workdir>/calibration.json (written with report.json), or None if there is none."""
-    path = os.path.join(workdir, CALIBRATION_FILE)
-    if not os.path.isfile(path):
-        return None
-    calibration = files.read_json(path, "the run's calibration (written by --mode=evaluate)")
-    missing = [k for k in ("temperature", "rule", "thresholds") if not isinstance(calibration, dict) or k not in calibration]
-    if missing:
-        raise UserError(f"{path} lacks {', '.join(missing)}: not a calibration brainjax wrote; rerun --mode=evaluate "
-                        "to write it again")
-    return calibration
+CALIBRATION_FILE = schema.CALIBRATION_FILE
+load_calibration = schema.read_calibration  # <workdir>/calibration.json or None (brainjax/schema.py)

@@ -14,7 +14,7 @@ import os
 
 import ml_collections
 
-from brainjax import files, preflight, train
+from brainjax import files, preflight, schema, train
 from brainjax.data import multi_source
 from brainjax.errors import UserError
 
@@ -34,20 +34,8 @@ def finished_report(workdir: str, name: str) -> dict | None:
     path = os.path.join(workdir, "report.json")
     if not os.path.isfile(path):
         return None
-    report = files.read_json(path, "a leave-one-source-out run's report")
+    report = schema.read_report(path, "a leave-one-source-out run's report")
     return report if isinstance(report, dict) and (report.get("holdout") or {}).get("source") == name else None
-
-
-def row(name: str, report: dict) -> dict:
-    """One loso.json row: the held-out source's accuracy (95% CI), macro F1, mean corruption
-    accuracy, the copies of training images removed, and its OOD AUROC vs validation."""
-    h = report["holdout"]
-    auroc = h.get("ood_auroc_vs_validation") or {}
-    return {"held_out": name, "num_examples": h["num_examples"], "accuracy": h["clean"]["accuracy"],
-            "ci95": h["clean"].get("ci95", {}).get("accuracy"), "macro_f1": h["clean"]["macro_f1"],
-            "mean_degraded_accuracy": h["summary"]["mean_degraded_accuracy"],
-            "copies_of_training_removed": h["copies_of_training_removed"],
-            "ood_auroc": auroc.get(h.get("ood_method")), "in_source_test_accuracy": report["clean"]["accuracy"]}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -82,7 +70,7 @@ def run_loso(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
             report = train.train_and_evaluate(sub, path)
         else:
             log.info("loso: %s already holds a finished run with %s held out; read, not retrained", path, name)
-        rows.append(row(name, report))
+        rows.append(schema.holdout_row(name, report))
     files.write_json(os.path.join(workdir, "loso.json"), {"sources": names, "rows": rows},
                      previous=files.json_with_keys("sources", "rows"))
     files.write_text(os.path.join(workdir, "loso.md"), markdown(rows))

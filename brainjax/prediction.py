@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from brainjax import evaluators, explain as explain_lib, files, inference, preflight, report, steps
+from brainjax import evaluators, explain as explain_lib, files, inference, preflight, report, schema, steps
 from brainjax.data import decode
 
 log = logging.getLogger("brainjax")
@@ -98,7 +98,7 @@ def load_predictor(config: ml_collections.ConfigDict, workdir: str, rule: str | 
         log.info("adapted BatchNorm statistics to the %d images (%d passes)%s", len(adapt_images), info["passes"],
                  "; fewer than 32 images give noisy statistics" if len(adapt_images) < 32 else "")
     ood = inference.load_ood(workdir, cal)
-    serve = jax.jit(inference.serving_fn(model, variables, cal["temperature"] if cal else 1.0, ood))
+    serve = jax.jit(inference.serving_fn(model, variables, schema.temperature(cal), ood))
     return Predictor(model, variables, class_names, cal, ood, serve, int(config.eval_batch_size),
                      int(config.image_size))
 

@@ -13,7 +13,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from brainjax import degrade, files, parallel
+from brainjax import degrade, files, parallel, schema
 
 log = logging.getLogger("brainjax")
 
@@ -25,7 +25,7 @@ def write_report(report: dict, workdir: str, ood_stats: dict | None = None) -> N
     predict and export need, and their plots."""
     if not parallel.is_main_process():
         return
-    path = os.path.join(workdir, "report.json")
+    path = os.path.join(workdir, schema.REPORT_FILE)
     _write_json(report, path)
     plot_confusion(np.asarray(report["clean"]["confusion_matrix"]), report["class_names"],
                    os.path.join(workdir, "confusion_matrix.png"), title=f"{report['dataset']} {report['split']} (clean)")
@@ -33,7 +33,7 @@ def write_report(report: dict, workdir: str, ood_stats: dict | None = None) -> N
         plot_robustness(report, os.path.join(workdir, "robustness.png"))
     if "calibration" in report:
         # What --mode=predict needs (temperature, abstention thresholds), next to the checkpoints.
-        _write_json(calibration_record(report), os.path.join(workdir, "calibration.json"))
+        _write_json(schema.calibration_record(report), os.path.join(workdir, schema.CALIBRATION_FILE))
         plot_reliability(report["calibration"], os.path.join(workdir, "reliability.png"))
     if "selective" in report:
         plot_risk_coverage(report["selective"], os.path.join(workdir, "risk_coverage.png"))
@@ -91,22 +91,7 @@ def plot_risk_coverage(sel: dict, path: str) -> None:
     save_figure(fig, path, dpi=110)
 
 
-def calibration_record(report: dict) -> dict:
-    """What prediction needs from an evaluation: the temperature and, per abstention
-    rule, the threshold fitted on validation (stored next to the checkpoints)."""
-    sel = report["selective"]
-    record = {"temperature": report["calibration"]["temperature"], "rule": sel["rule"],
-              "target_accuracy": sel["target_accuracy"],
-              "thresholds": {rule: entry["threshold"] for rule, entry in sel["rules"].items()
-                             if not isinstance(entry["threshold"], dict)}}
-    if "ood" in report:
-        # abstain as out of distribution when the OOD score exceeds this (rules ood, ood_max_prob)
-        record["ood"] = {k: report["ood"][k] for k in ("method", "threshold", "keep")}
-        record["ood"]["stats_file"] = OOD_STATS_FILE
-    return record
-
-
-OOD_STATS_FILE = "ood_stats.npz"
+OOD_STATS_FILE = schema.OOD_STATS_FILE
 
 
 def save_ood_stats(stats: dict, workdir: str) -> str:
