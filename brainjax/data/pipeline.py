@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from brainjax.errors import UserError
 
+import dataclasses
 import math
 import os
 from typing import Any, Iterator, Mapping
@@ -228,31 +229,18 @@ def weighted_draw(ds: tf.data.Dataset, repeats: np.ndarray, seed: int, epoch: in
     return ds.flat_map(lambda ex: tf.data.Dataset.from_tensors(ex).repeat(copies(ex)))
 
 
-class InputPipeline:
-    """Train/eval iterators over one tfds dataset, sharded over processes and devices."""
+class SplitCache:
+    """Reading and caching: this process's contiguous range of each split, read with a
+    tfds instruction that reads nothing else, decoded and resized once, cached in memory,
+    each example with its global index (and its source, for a multi-source dataset)."""
 
-    def __init__(self, config: Mapping[str, Any], *, num_local_devices: int, process_index: int = 0,
-                 process_count: int = 1):
-        self.config = config
-        self.size = int(config.image_size)
-        self.num_local_devices = num_local_devices
+    def __init__(self, builder: Any, size: int, process_index: int, process_count: int):
+        self.builder, self.size = builder, size
         self.process_index, self.process_count = process_index, process_count
-        self.builder = builder_for(config)
-        self.class_names: list[str] = list(self.builder.info.features["label"].names)
-        features = self.builder.info.features
-        self.source_names: list[str] = list(features["source"].names) if "source" in features else []
-        self.draw = source_draw(config, self.builder, self.source_names)
+        self.with_source = "source" in builder.info.features
         self._cache: dict[str, tf.data.Dataset] = {}
         self._filled: set[str] = set()
         self.decoded = tf.Variable(0, dtype=tf.int64, trainable=False)  # examples decoded by this process
-        self.global_batch = int(config.batch_size)
-        self.eval_global_batch = int(config["eval_batch_size"])
-        check_layout(config, num_local_devices * process_count, process_count)
-        self.input_shards = int(config["input_shards"])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def num_examples(self, split: str) -> int:
         return int(self.builder.info.splits[split].num_examples)
@@ -262,41 +250,25 @@ class InputPipeline:
         bounds = shard_bounds(self.num_examples(split), self.process_count)
         return bounds[self.process_index], bounds[self.process_index + 1]
 
-    def _absolute(self, split: str) -> tuple[str, int] | None:
-        """(base split, first index) of a one-range split spec such as `train[90%:]`;
-        None for a combined one (`train+test`)."""
-        instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(self.builder.info.splits)
-        if len(instructions) != 1:
-            return None
-        return instructions[0].splitname, int(instructions[0].from_ or 0)
-
-    def _read_instruction(self, split: str, lo: int, hi: int) -> tuple[str, int]:
+    def read_instruction(self, split: str, lo: int, hi: int) -> tuple[str, int]:
         """(tfds split string, examples to skip) that read examples [lo, hi) of `split`
         and nothing before them; the caller takes hi - lo. A one-range spec reads exactly
         that range (at least one example: tfds rejects empty ranges); a combined one
         (`train+test`) is read whole and skipped up to lo."""
-        absolute = self._absolute(split)
-        if absolute is None:
+        instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(self.builder.info.splits)
+        if len(instructions) != 1:
             return split, lo
-        base, start = absolute
+        base, start = instructions[0].splitname, int(instructions[0].from_ or 0)
         return f"{base}[{start + lo}:{start + max(hi, lo + 1)}]", 0
 
-    def examples_decoded(self) -> int:
-        """Examples this process has decoded so far (all splits): a count kept by the
-        decode step itself, for the scale-out benchmark and tests."""
-        return int(self.decoded.numpy())
-
-    def _cached(self, split: str) -> tf.data.Dataset:
-        """This process's range of `split`, decoded and resized, cached in memory, with
-        each example's global index."""
+    def cached(self, split: str) -> tf.data.Dataset:
+        """This process's range of `split`, decoded and resized, cached in memory."""
         if split not in self._cache:
             lo, hi = self.process_range(split)
-            read, skip = self._read_instruction(split, lo, hi)
+            read, skip = self.read_instruction(split, lo, hi)
             ds = self.builder.as_dataset(split=read, shuffle_files=False, read_config=tfds.ReadConfig(add_tfds_id=False))
             ds = ds.skip(skip).take(hi - lo).enumerate()  # position within this process's range
-            size, counter = self.size, self.decoded
-
-            with_source = bool(self.source_names)
+            size, counter, with_source = self.size, self.decoded, self.with_source
 
             def decode(i, ex):
                 with tf.control_dependencies([counter.assign_add(1)]):
@@ -309,15 +281,90 @@ class InputPipeline:
             self._cache[split] = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
         return self._cache[split]
 
-    def _filled_cache(self, split: str) -> tf.data.Dataset:
-        """`_cached(split)` read through once, so that the per-shard views taken from it
+    def filled(self, split: str) -> tf.data.Dataset:
+        """`cached(split)` read through once, so that the per-shard views taken from it
         (skip/take) read memory instead of each decoding the files again."""
-        ds = self._cached(split)
+        ds = self.cached(split)
         if split not in self._filled:
             for _ in ds:
                 pass
             self._filled.add(split)
         return ds
+
+    def empty_batch(self) -> Batch:
+        """A batch of no examples, with every key a real one has."""
+        return {"image": np.zeros((0, self.size, self.size, 1), np.uint8), "label": np.zeros((0,), np.int32),
+                "index": np.zeros((0,), np.int32), **({"source": np.zeros((0,), np.int32)} if self.with_source else {})}
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochPlan:
+    """The training order's parameters: V input shards over the split, sub-batches of
+    global_batch / V, `steps` batches per epoch, the shuffle buffer, the source draw."""
+    shards: int
+    sub_batch: int
+    steps: int
+    shuffle_buffer: int
+    draw: np.ndarray | None
+
+
+def shard_epoch(ds: tf.data.Dataset, a: int, b: int, shard: int, plan: EpochPlan, seed: int,
+                epoch: int) -> tf.data.Dataset:
+    """One input shard's sub-batches of one epoch: examples [a, b) of the process's cached
+    range, drawn by source weight (if any), shuffled by (seed, epoch, shard) whatever
+    process reads it, batched with drop_remainder, `steps` of them."""
+    part = ds.skip(a).take(b - a)
+    if plan.draw is not None:
+        part = weighted_draw(part, plan.draw, seed, epoch)
+    part = part.shuffle(max(min(plan.shuffle_buffer, b - a), 1), seed=(seed * 100_003 + epoch) * 4_099 + shard,
+                        reshuffle_each_iteration=False)
+    if plan.draw is not None:
+        part = part.repeat()  # a drawn shard may be shorter than the epoch's share
+    return part.batch(plan.sub_batch, drop_remainder=True).take(plan.steps)
+
+
+def pad_batch(batch: Batch, local_batch: int) -> Batch:
+    """An eval batch padded to `local_batch` rows, with mask 1 on the real ones."""
+    n = len(batch["label"])
+    out = {k: np.concatenate([v, np.zeros((local_batch - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+    out["mask"] = (np.arange(local_batch) < n).astype(np.float32)
+    return out
+
+
+class InputPipeline:
+    """Train/eval iterators over one tfds dataset, sharded over processes and devices."""
+
+    def __init__(self, config: Mapping[str, Any], *, num_local_devices: int, process_index: int = 0,
+                 process_count: int = 1):
+        self.config = config
+        self.num_local_devices = num_local_devices
+        self.process_index, self.process_count = process_index, process_count
+        self.builder = builder_for(config)
+        self.class_names: list[str] = list(self.builder.info.features["label"].names)
+        features = self.builder.info.features
+        self.source_names: list[str] = list(features["source"].names) if "source" in features else []
+        self.draw = source_draw(config, self.builder, self.source_names)
+        self.splits = SplitCache(self.builder, int(config.image_size), process_index, process_count)
+        self.global_batch = int(config.batch_size)
+        self.eval_global_batch = int(config["eval_batch_size"])
+        check_layout(config, num_local_devices * process_count, process_count)
+        self.input_shards = int(config["input_shards"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def num_examples(self, split: str) -> int:
+        return self.splits.num_examples(split)
+
+    def process_range(self, split: str) -> tuple[int, int]:
+        """[lo, hi): the global indices of `split` this process reads."""
+        return self.splits.process_range(split)
+
+    def examples_decoded(self) -> int:
+        """Examples this process has decoded so far (all splits): a count kept by the
+        decode step itself, for the scale-out benchmark and tests."""
+        return int(self.splits.decoded.numpy())
 
     def steps_per_epoch(self, split: str) -> int:
         """Global batches per epoch (drop_remainder in every shard), the same on every
@@ -332,25 +379,17 @@ class InputPipeline:
 
     def train_epoch(self, split: str, epoch: int, seed: int, start_step: int = 0) -> Iterator[Batch]:
         """This process's part of one epoch of shuffled global training batches,
-        [devices, per_device, ...], from the `start_step`-th batch on (exact resume)."""
+        [devices, per_device, ...], from the `start_step`-th batch on (exact resume):
+        global batch b is every shard's b-th sub-batch in shard order; this process
+        contributes its own shards'."""
         v, p, count = self.input_shards, self.process_index, self.process_count
         bounds = shard_bounds(self.num_examples(split), v)
         lo, _ = self.process_range(split)
-        ds = self._filled_cache(split)
-        sub_batch, steps = self.global_batch // v, self.steps_per_epoch(split)
-        buffer = int(self.config.shuffle_buffer)
-        parts = []
-        for shard in range(p * v // count, (p + 1) * v // count):
-            a, b = bounds[shard] - lo, bounds[shard + 1] - lo
-            part = ds.skip(a).take(b - a)
-            if self.draw is not None and split == self.config.train_split:
-                part = weighted_draw(part, self.draw, seed, epoch)
-            part = part.shuffle(max(min(buffer, b - a), 1),
-                                                  seed=(seed * 100_003 + epoch) * 4_099 + shard,
-                                                  reshuffle_each_iteration=False)
-            if self.draw is not None and split == self.config.train_split:
-                part = part.repeat()  # a drawn shard may be shorter than the epoch's share
-            parts.append(part.batch(sub_batch, drop_remainder=True).take(steps))
+        ds = self.splits.filled(split)
+        plan = EpochPlan(v, self.global_batch // v, self.steps_per_epoch(split), int(self.config.shuffle_buffer),
+                         self.draw if split == self.config.train_split else None)
+        parts = [shard_epoch(ds, bounds[shard] - lo, bounds[shard + 1] - lo, shard, plan, seed, epoch)
+                 for shard in range(p * v // count, (p + 1) * v // count)]
         ds = tf.data.Dataset.zip(tuple(parts)).map(
             lambda *subs: {k: tf.concat([s[k] for s in subs], axis=0) for k in subs[0]})
         ds = ds.skip(start_step).prefetch(int(self.config.prefetch)).with_options(iterator_options())
@@ -361,19 +400,10 @@ class InputPipeline:
         local_batch = self.eval_global_batch // self.process_count
         n_max_local = math.ceil(self.num_examples(split) / self.process_count)
         num_batches = math.ceil(n_max_local / local_batch)
-        ds = self._cached(split).batch(local_batch).prefetch(2).with_options(iterator_options())
+        ds = self.splits.cached(split).batch(local_batch).prefetch(2).with_options(iterator_options())
         produced = 0
         for batch in tfds.as_numpy(ds):
             produced += 1
-            yield self._pad_and_shard(batch, local_batch)
+            yield parallel.device_rows(pad_batch(batch, local_batch), self.num_local_devices)
         for _ in range(num_batches - produced):  # processes with a smaller share
-            yield self._pad_and_shard(None, local_batch)
-    def _pad_and_shard(self, batch: Batch | None, local_batch: int) -> Batch:
-        if batch is None:
-            batch = {"image": np.zeros((0, self.size, self.size, 1), np.uint8),
-                     "label": np.zeros((0,), np.int32), "index": np.zeros((0,), np.int32),
-                     **({"source": np.zeros((0,), np.int32)} if self.source_names else {})}
-        n = len(batch["label"])
-        out = {k: np.concatenate([v, np.zeros((local_batch - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
-        out["mask"] = (np.arange(local_batch) < n).astype(np.float32)
-        return parallel.device_rows(out, self.num_local_devices)
+            yield parallel.device_rows(pad_batch(self.splits.empty_batch(), local_batch), self.num_local_devices)
