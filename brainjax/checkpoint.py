@@ -32,7 +32,6 @@ optimizer or trainable set the run was trained with.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import logging
 import os
 from typing import Any
@@ -40,107 +39,25 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from brainjax import flat_tree, parallel
-from brainjax.flat_tree import LayoutMismatch
+from brainjax import flat_tree, parallel, step_recovery
 from brainjax.errors import UserError
 
 log = logging.getLogger("brainjax")
 
 
+# The restore scan and the checks that read checkpoints without a manager live in
+# brainjax/step_recovery.py; these names are part of this module's API too.
+CheckpointError = step_recovery.CheckpointError
+classify_restore_error = step_recovery.classify_restore_error
+newest_meta, has_steps = step_recovery.newest_meta, step_recovery.has_steps
+refuse_older_formats = step_recovery.refuse_older_formats
+OK, CORRUPT, MISMATCH, ERROR = step_recovery.OK, step_recovery.CORRUPT, step_recovery.MISMATCH, step_recovery.ERROR
+_first_line = step_recovery.first_line
+
+
 def _one_device() -> jax.sharding.Sharding:
     """Where inference wants restored variables: this process's first device."""
     return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-
-
-# What orbax (and tensorstore beneath it) raises when a step's files are readable but
-# hold another model: the config is wrong, not the checkpoint.
-_MISMATCH_MARKERS = ("tree structures do not match", "shape mismatch", "Requested shape",
-                     "does not match the shape", "incompatible shape")
-# tensorstore status codes that positively say the stored bytes are missing or damaged
-# (a truncated or partly deleted step), as opposed to UNAVAILABLE / UNKNOWN / INTERNAL or
-# an OSError from the filesystem, which may be transient and say nothing about the files.
-_CORRUPT_STATUS = ("DATA_LOSS:", "NOT_FOUND:", "OUT_OF_RANGE:")
-_CORRUPT_PRECONDITION = ("truncated", "error decoding", "corrupt")
-
-OK, CORRUPT, MISMATCH, ERROR = 0, 1, 2, 3  # restore outcomes, worst last
-
-
-def classify_restore_error(err: BaseException) -> int:
-    """CORRUPT only where orbax / tensorstore positively report a step's files as
-    incomplete or damaged; MISMATCH where they hold another model; ERROR for anything
-    else (an I/O error, MemoryError, permissions, an unknown message): that says nothing
-    about the files, so they must be left alone."""
-    text = str(err)
-    lower = text.lower()
-    if isinstance(err, LayoutMismatch):
-        return MISMATCH
-    if any(marker.lower() in lower for marker in _MISMATCH_MARKERS):
-        return MISMATCH
-    if isinstance(err, json.JSONDecodeError):  # a metadata file cut short
-        return CORRUPT
-    if isinstance(err, FileNotFoundError):  # a file of the committed step is missing
-        return CORRUPT
-    if isinstance(err, KeyError) and "was not found in the checkpoint" in text:  # an item directory is missing
-        return CORRUPT
-    if isinstance(err, ValueError):
-        if any(code in text for code in _CORRUPT_STATUS):
-            return CORRUPT
-        if "FAILED_PRECONDITION:" in text and any(m in lower for m in _CORRUPT_PRECONDITION):
-            return CORRUPT
-    return ERROR
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:240]}" if text else type(err).__name__
-
-
-def newest_meta(workdir: str) -> tuple[int, dict] | None:
-    """(step, meta JSON) of the newest committed step whose meta item reads, without
-    opening a manager (which would create the folder): what the resume check compares a
-    config with before any work. None when there is no such step (no checkpoints, or
-    only the earlier formats, which carry no run record)."""
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        return None
-    for step in sorted((int(d) for d in os.listdir(directory) if d.isdigit()), reverse=True):
-        try:
-            with open(os.path.join(directory, str(step), "meta", "metadata")) as f:
-                return step, json.load(f)
-        except (OSError, ValueError):
-            continue  # unreadable or another format: restore decides what to do with it
-    return None
-
-
-def has_steps(workdir: str) -> bool:
-    """Whether <workdir>/checkpoints holds a committed step of any format."""
-    directory = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
-
-
-# Items of the step formats earlier versions wrote (four items; a tree per item).
-OLDER_FORMAT_ITEMS = ("layout", "state_flat", "best_flat", "state", "best", "loop")
-
-
-def refuse_older_formats(workdir: str) -> None:
-    """A step written by an older brainjax (four items, or one orbax array per leaf) is
-    one line saying so (before any work: preflight calls this too), never read as if it
-    were corrupt."""
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        return
-    for name in sorted(d for d in os.listdir(directory) if d.isdigit()):
-        step_dir = os.path.join(directory, name)
-        if not os.path.isdir(os.path.join(step_dir, "meta")) and any(
-                os.path.isdir(os.path.join(step_dir, item)) for item in OLDER_FORMAT_ITEMS):
-            raise CheckpointError(
-                f"checkpoint {step_dir} was written by an older brainjax (before checkpoints held two items, "
-                "'flat' and 'meta'); this version does not read it. Re-train in a new --workdir, or evaluate and "
-                "export it with the brainjax version that wrote it. No file was changed.")
-
-
-class CheckpointError(UserError):
-    """A checkpoint could not be restored and nothing was changed on disk."""
 
 
 class SaveError(UserError):
@@ -198,6 +115,7 @@ class Checkpoints:
                         if self.background else None)
         self._in_flight: tuple[int, concurrent.futures.Future] | None = None
         self._best_flat: tuple[Any, flat_tree.Flat] | None = None  # (the `best` object, its Flat)
+        self.recovery = step_recovery.StepRecovery(self.manager, self.directory)
 
     def snapshot(self, rstate: Any) -> Any:
         """What the training thread hands `save` for the replicated training state (laid
@@ -277,85 +195,11 @@ class Checkpoints:
         out["loop"] = meta["loop"]
         return out
 
-    def _refuse_older_formats(self) -> None:
-        refuse_older_formats(os.path.dirname(self.directory))
-
-    def _restore_newest(self, read) -> tuple[int, Any] | None:
-        """Restores the newest readable step, the same one on every process.
-
-        Nothing is ever deleted. A step that orbax positively reports as incomplete or
-        corrupted on any process is renamed to `<step>.unreadable` by process 0 (between
-        two barriers) and the previous step tried. Any other error stops with a
-        `CheckpointError` and leaves every file in place; so does a directory whose
-        steps are all unreadable (never a silent fresh start).
-        """
-        self._refuse_older_formats()
-        set_aside = self._set_aside_steps()
-        for step in sorted(self.manager.all_steps(), reverse=True):
-            restored, outcome, detail = None, OK, ""
-            try:
-                restored = read(step)
-            except Exception as err:  # noqa: BLE001  (orbax raises many types; classified below)
-                outcome, detail = classify_restore_error(err), _first_line(err)
-            outcomes = parallel.all_process_values(outcome)
-            worst = max(outcomes)
-            path = os.path.join(self.directory, str(step))
-            where = self._where(outcomes, worst)
-            if worst == MISMATCH:
-                raise CheckpointError(
-                    f"checkpoint {path} holds a different model than this config builds"
-                    f"{where} ({detail or 'see the log of the process named'}); use the config the run was "
-                    f"trained with (saved as {os.path.join(os.path.dirname(self.directory), 'config.json')}), "
-                    "with the same --config.* overrides. No checkpoint file was changed.")
-            if worst == ERROR:
-                raise CheckpointError(
-                    f"could not read checkpoint step {step} ({path}){where}: {detail or 'see that process log'}. "
-                    "No checkpoint file was changed or removed; fix the cause (storage, memory, permissions) and "
-                    "rerun the same command to resume from it.")
-            if worst == OK:
-                return step, restored
-            set_aside.append(self._set_aside(step, path, detail or "unreadable on another process"))
-        if set_aside:
-            raise CheckpointError(
-                f"no readable checkpoint in {self.directory}: every step is unreadable and set aside "
-                f"({', '.join(os.path.basename(p) for p in set_aside)}). Nothing was deleted and training did not "
-                "start from scratch over them; restore them from a backup, or train in a new --workdir.")
-        return None
-
-    @staticmethod
-    def _where(outcomes: list[int], worst: int) -> str:
-        if len(outcomes) == 1:
-            return ""
-        failing = [i for i, o in enumerate(outcomes) if o == worst]
-        return f" on process{'es' if len(failing) > 1 else ''} {', '.join(map(str, failing))}"
-
-    def _set_aside_steps(self) -> list[str]:
-        """Step directories an earlier run renamed to `<step>.unreadable[.N]`."""
-        if not os.path.isdir(self.directory):
-            return []
-        return sorted(os.path.join(self.directory, d) for d in os.listdir(self.directory) if ".unreadable" in d)
-
-    def _set_aside(self, step: int, path: str, detail: str) -> str:
-        """Renames the unreadable step `path` to `<step>.unreadable` (process 0, between
-        barriers, so no process is still reading it and all see the rename after)."""
-        target = path + ".unreadable"
-        n = 1
-        while os.path.exists(target):
-            target = f"{path}.unreadable.{n}"
-            n += 1
-        parallel.sync(f"checkpoint_set_aside_{step}:before")
-        if parallel.is_main_process():
-            os.rename(path, target)
-        parallel.sync(f"checkpoint_set_aside_{step}:after")
-        log.warning("checkpoint step %d (%s) is unreadable (%s); set aside as %s and using the previous step",
-                    step, path, detail, target)
-        self.manager.reload()
-        return target
-
     def restore(self, state_template: Any, best_template: Any) -> tuple[Any, Any, dict] | None:
         """(state, best, loop) of the newest readable step, or None without checkpoints."""
         templates = {"state": state_template, "best": best_template}
-        out = self._restore_newest(lambda step: self._read_step(step, templates, parallel.replicated_sharding()))
+        out = self.recovery.restore_newest(lambda step: self._read_step(step, templates,
+                                                                        parallel.replicated_sharding()))
         if out is None:
             return None
         return out[1]["state"], out[1]["best"], dict(out[1]["loop"])
@@ -363,7 +207,7 @@ class Checkpoints:
     def restore_best(self, best_template: Any) -> tuple[Any, dict] | None:
         """(best model variables, loop) of the newest readable step: params and
         batch_stats only, no optimizer state."""
-        out = self._restore_newest(lambda step: self._read_step(step, {"best": best_template}, _one_device()))
+        out = self.recovery.restore_newest(lambda step: self._read_step(step, {"best": best_template}, _one_device()))
         if out is None:
             return None
         return out[1]["best"], dict(out[1]["loop"])
