@@ -234,6 +234,49 @@ class EpochClock:
         return self.images / seconds if self.images and seconds > 0 else None
 
 
+class SaveSchedule:
+    """When a step-level checkpoint is due: every `checkpoint_every_steps` steps, or at a
+    metric-window end once `checkpoint_every_seconds` have passed on any process."""
+
+    def __init__(self, config: Any):
+        self.every_steps = int(config.checkpoint_every_steps or 0)
+        self.every_seconds = float(config.checkpoint_every_seconds or 0)
+        self.last_time, self.last_step = time.monotonic(), 0
+
+    def saved(self, step: int) -> None:
+        self.last_time, self.last_step = time.monotonic(), step
+
+    def due(self, step: int, window_end: bool) -> bool:
+        due = bool(self.every_steps) and step - self.last_step >= self.every_steps
+        if self.every_seconds and window_end and not due:  # wall clocks differ: follow any process
+            due = parallel.any_process(time.monotonic() - self.last_time >= self.every_seconds)
+        return due
+
+
+def epoch_record(epoch: int, step: int, totals: dict, val_loss: float, val_acc: float, lr: float,
+                 ips: float | None, seconds: float, tag: str) -> dict:
+    """The epoch's metrics.jsonl record."""
+    return dict(kind="epoch", epoch=epoch, step=step, loss=totals["loss_sum"] / max(totals["count"], 1),
+                accuracy=totals["correct"] / max(totals["count"], 1), val_loss=val_loss, val_accuracy=val_acc,
+                learning_rate=lr, images_per_sec=ips, epoch_seconds=seconds,
+                **({"feature_cache": True} if tag == "cached" else {}))
+
+
+def log_epoch(config: Any, progress: dict, record: dict, epoch_times: list[float], tag: str) -> None:
+    """The epoch's log line (and the early-stopping one)."""
+    remaining = 0 if progress["stop"] else config.num_epochs - progress["epoch"]
+    eta = float(np.mean(epoch_times)) * remaining
+    ips = record["images_per_sec"]
+    log.info("epoch %d/%d  loss %.4f acc %.4f | val_loss %.4f val_acc %.4f%s | lr %.2e | %s | ETA %s%s",
+             progress["epoch"], config.num_epochs, record["loss"], record["accuracy"], record["val_loss"],
+             record["val_accuracy"], " *" if progress["improved"] else "", record["learning_rate"],
+             f"{ips:.0f} img/s" if ips else "img/s n/a", format_duration(eta),
+             " (cached features)" if tag == "cached" else "")
+    if progress["stop"]:
+        log.info("early stopping: no val_loss improvement for %d epochs (best epoch %d)",
+                 progress["bad_epochs"], progress["best_epoch"] + 1)
+
+
 class FitRun:
     """The state of one `fit`: the replicated training state, the best model, the loop's
     JSON progress, metric windows, save timing. Each method is one step of the loop."""
@@ -241,15 +284,13 @@ class FitRun:
     def __init__(self, config, ckpt, *, step_fn, source, validate, rng, writers, tag):
         self.config, self.ckpt, self.step_fn, self.source = config, ckpt, step_fn, source
         self.validate, self.rng, self.writers, self.tag = validate, rng, writers, tag
-        self.every_steps = int(config.checkpoint_every_steps or 0)
-        self.every_seconds = float(config.checkpoint_every_seconds or 0)
+        self.schedule = SaveSchedule(config)
         self.save_from = parallel.checkpoint_source(config.checkpoint_from)
         self.log_every = max(int(config.log_every_steps), 1)
         self.steps_per_epoch = source.steps_per_epoch
         self.windows = MetricWindows()
         self.epoch_times: list[float] = []
         self.progress, self.best, self.rstate = new_progress(), None, None
-        self.last_save_time, self.last_save_step = time.monotonic(), 0
         self.compiled = False
 
     def start(self, state: Any, workdir: str) -> bool:
@@ -269,7 +310,7 @@ class FitRun:
             log.info("training already complete in %s (epoch %d); evaluating", workdir, progress["epoch"])
             return False
         self.rstate = parallel.replicate(state.replace(lr_scale=np.float32(progress["lr_scale"])))
-        self.last_save_step = progress["epoch"] * self.steps_per_epoch + progress["step_in_epoch"]
+        self.schedule.last_step = progress["epoch"] * self.steps_per_epoch + progress["step_in_epoch"]
         return True
 
     def flush_windows(self, flush: bool) -> None:
@@ -287,13 +328,7 @@ class FitRun:
         serialises it in the background while the loop goes on."""
         self.ckpt.save(step, self.ckpt.snapshot(self.rstate), self.best, copy.deepcopy(self.progress),
                        host_copy=self.save_from == "host")
-        self.last_save_time, self.last_save_step = time.monotonic(), step
-
-    def save_due(self, step: int, window_end: bool) -> bool:
-        due = bool(self.every_steps) and step - self.last_save_step >= self.every_steps
-        if self.every_seconds and window_end and not due:  # wall clocks differ: follow any process
-            due = parallel.any_process(time.monotonic() - self.last_save_time >= self.every_seconds)
-        return due
+        self.schedule.saved(step)
 
     def stop_for_preemption(self, step: int, signals: PreemptionSignals) -> None:
         self.ckpt.wait()
@@ -332,7 +367,7 @@ class FitRun:
             preempted = signals.requested(step)
             if i + 1 == self.steps_per_epoch:
                 break  # the epoch-end checkpoint follows validation
-            if self.save_due(step, window_end) or preempted:
+            if self.schedule.due(step, window_end) or preempted:
                 self.flush_windows(True)
                 self.save(step)
             if preempted:
@@ -357,27 +392,10 @@ class FitRun:
         if progress["improved"]:
             self.best = model_of(parallel.checkpoint_state(self.rstate, self.save_from))
         self.epoch_times.append(time.perf_counter() - clock.t0)
-        record = dict(kind="epoch", epoch=progress["epoch"], step=end_step,
-                      loss=totals["loss_sum"] / max(totals["count"], 1),
-                      accuracy=totals["correct"] / max(totals["count"], 1), val_loss=val_loss,
-                      val_accuracy=val_acc, learning_rate=lr_used, images_per_sec=ips,
-                      epoch_seconds=self.epoch_times[-1], **({"feature_cache": True} if self.tag == "cached" else {}))
+        record = epoch_record(progress["epoch"], end_step, totals, val_loss, val_acc, lr_used, ips,
+                              self.epoch_times[-1], self.tag)
         self.writers.write(**record)
         self.save(end_step)
-        self.log_epoch(record)
+        log_epoch(config, progress, record, self.epoch_times, self.tag)
         if preempted and progress["epoch"] < config.num_epochs and not progress["stop"]:
             self.stop_for_preemption(end_step, signals)
-
-    def log_epoch(self, record: dict) -> None:
-        progress, config = self.progress, self.config
-        remaining = 0 if progress["stop"] else config.num_epochs - progress["epoch"]
-        eta = float(np.mean(self.epoch_times)) * remaining
-        ips = record["images_per_sec"]
-        log.info("epoch %d/%d  loss %.4f acc %.4f | val_loss %.4f val_acc %.4f%s | lr %.2e | %s | ETA %s%s",
-                 progress["epoch"], config.num_epochs, record["loss"], record["accuracy"], record["val_loss"],
-                 record["val_accuracy"], " *" if progress["improved"] else "", record["learning_rate"],
-                 f"{ips:.0f} img/s" if ips else "img/s n/a", format_duration(eta),
-                 " (cached features)" if self.tag == "cached" else "")
-        if progress["stop"]:
-            log.info("early stopping: no val_loss improvement for %d epochs (best epoch %d)",
-                     progress["bad_epochs"], progress["best_epoch"] + 1)
