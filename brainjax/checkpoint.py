@@ -84,6 +84,34 @@ def item_handlers() -> dict[str, ocp.CheckpointHandler]:
     return {"flat": ocp.PyTreeCheckpointHandler(use_compression=False), "meta": ocp.JsonCheckpointHandler()}
 
 
+def step_args(state: flat_tree.Flat, best: flat_tree.Flat, loop: dict, record: dict | None,
+              host_copy: bool) -> ocp.args.Composite:
+    """The two items of a step: `flat` (the arrays; copied to the host first with
+    `host_copy`) and `meta` (layouts, the loop's JSON progress, the run record). Two
+    items: orbax's cost is per item as much as per array."""
+    layout = {"state": flat_tree.layout_of(state.like), "best": flat_tree.layout_of(best.like)}
+    arrays = {"state": state.arrays, "best": best.arrays}  # on device for device arrays
+    if host_copy:
+        arrays = jax.device_get(arrays)
+    meta = {"layout": layout, "loop": loop, **({"run": record} if record else {})}
+    return ocp.args.Composite(flat=ocp.args.PyTreeSave(arrays), meta=ocp.args.JsonSave(meta))
+
+
+def read_step(manager: ocp.CheckpointManager, step: int, templates: dict[str, Any],
+              sharding: jax.sharding.Sharding) -> dict:
+    """{name: tree for each template, 'loop': dict} of `step`. The stored layout is
+    compared with the templates before any array is read, and only the arrays of the
+    templates asked for are read (inference reads `best` alone)."""
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    target = flat_tree.flat_targets(meta["layout"], templates, sharding)
+    flat = manager.restore(step, args=ocp.args.Composite(flat=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)))["flat"]
+    out = {name: flat_tree.unflatten(flat[name], template, sharding) for name, template in templates.items()}
+    out["loop"] = meta["loop"]
+    return out
+
+
 class Checkpoints:
     """Step-level checkpoints of one run (every process takes part in every call).
 
@@ -160,14 +188,7 @@ class Checkpoints:
 
     def _save_now(self, step: int, state: Any, best: Any, loop: dict, host_copy: bool) -> None:
         state = state if isinstance(state, flat_tree.Flat) else flat_tree.Flat(flat_tree.flatten(state), state)
-        best = self._flat_best(best)
-        layout = {"state": flat_tree.layout_of(state.like), "best": flat_tree.layout_of(best.like)}
-        arrays = {"state": state.arrays, "best": best.arrays}  # on device for device arrays
-        if host_copy:
-            arrays = jax.device_get(arrays)
-        # two items: orbax's cost is per item as much as per array
-        meta = {"layout": layout, "loop": loop, **({"run": self.record} if self.record else {})}
-        args = ocp.args.Composite(flat=ocp.args.PyTreeSave(arrays), meta=ocp.args.JsonSave(meta))
+        args = step_args(state, self._flat_best(best), loop, self.record, host_copy)
         if not self.manager.save(step, args=args, force=True):
             raise RuntimeError(f"orbax did not save step {step} in {self.directory} "
                                f"(existing steps {self.manager.all_steps()})")
@@ -182,23 +203,10 @@ class Checkpoints:
             self._best_flat = (best, flat_tree.Flat(flat_tree.flatten(best), best))
         return self._best_flat[1]
 
-    def _read_step(self, step: int, templates: dict[str, Any], sharding: jax.sharding.Sharding) -> dict:
-        """{name: tree for each template, 'loop': dict} of `step`. The stored layout is
-        compared with the templates before any array is read, and only the arrays of the
-        templates asked for are read (inference reads `best` alone)."""
-        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        target = flat_tree.flat_targets(meta["layout"], templates, sharding)
-        flat = self.manager.restore(step, args=ocp.args.Composite(flat=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True)))["flat"]
-        out = {name: flat_tree.unflatten(flat[name], template, sharding) for name, template in templates.items()}
-        out["loop"] = meta["loop"]
-        return out
-
     def restore(self, state_template: Any, best_template: Any) -> tuple[Any, Any, dict] | None:
         """(state, best, loop) of the newest readable step, or None without checkpoints."""
         templates = {"state": state_template, "best": best_template}
-        out = self.recovery.restore_newest(lambda step: self._read_step(step, templates,
+        out = self.recovery.restore_newest(lambda step: read_step(self.manager, step, templates,
                                                                         parallel.replicated_sharding()))
         if out is None:
             return None
@@ -207,7 +215,7 @@ class Checkpoints:
     def restore_best(self, best_template: Any) -> tuple[Any, dict] | None:
         """(best model variables, loop) of the newest readable step: params and
         batch_stats only, no optimizer state."""
-        out = self.recovery.restore_newest(lambda step: self._read_step(step, {"best": best_template}, _one_device()))
+        out = self.recovery.restore_newest(lambda step: read_step(self.manager, step, {"best": best_template}, _one_device()))
         if out is None:
             return None
         return out[1]["best"], dict(out[1]["loop"])
