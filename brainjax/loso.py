@@ -15,7 +15,6 @@ import os
 import ml_collections
 
 from brainjax import files, preflight, schema, train
-from brainjax.data import multi_source
 from brainjax.errors import UserError
 
 log = logging.getLogger("brainjax")
@@ -54,6 +53,8 @@ def markdown(rows: list[dict]) -> str:
 def run_loso(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     """Trains (or resumes, or reads) one run per held-out source; writes loso.json / .md.
     Returns the rows."""
+    from brainjax.data import multi_source  # tfds: only --mode=loso needs it (predict runs without TensorFlow)
+
     sources = multi_source.source_list(config)
     if len(sources) < 2:
         raise UserError("--mode=loso needs config.sources with at least two sources (it holds each out in turn)")

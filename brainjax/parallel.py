@@ -406,6 +406,46 @@ def _stop_process(line: str, before_exit: Callable[[], None] | None = None) -> N
     os._exit(1)
 
 
+def posted_failure(client: Any, entries: dict, me: int) -> bool:
+    """Acts on a failure another process posted: one line naming it, an acknowledgement,
+    exit. True when the failure is this process's own (the watcher then ends)."""
+    notice = entries.get(FAILURE_KEY)
+    if notice is None:
+        return False
+    failed, _, message = notice.partition("\t")
+    if int(failed) == me:
+        return True
+    # The line first, then the acknowledgement, then exit: once acknowledged, the failed
+    # process may exit, and if it is process 0 its coordination service goes with it
+    # (JAX's client then aborts this process, exit -6, seen once in a suite run).
+    def acknowledge() -> None:
+        try:
+            client.key_value_set(f"{ACK_PREFIX}{me}", "1", allow_overwrite=True)
+        except Exception:  # noqa: BLE001  (the failed process may be gone already)
+            pass
+
+    _stop_process(f"process {failed} failed: {message}; process {me} stops too", before_exit=acknowledge)
+    return False
+
+
+def check_liveness(entries: dict, me: int, moved: dict, now: float, stale_s: float) -> None:
+    """Stops this process with one line when another's liveness counter has stood still
+    for `stale_s` (a process that posted done/<i> finished, it did not die). `moved`:
+    {process: (last counter, since when)}, updated."""
+    for key, value in entries.items():
+        if not key.startswith(ALIVE_PREFIX):
+            continue
+        other = int(key[len(ALIVE_PREFIX):])
+        if other == me or f"{DONE_PREFIX}{other}" in entries:
+            continue
+        last_value, since = moved.get(other, (None, now))
+        if value != last_value:
+            moved[other] = (value, now)
+        elif now - since > stale_s and not _watch_stop.is_set():
+            _stop_process(f"process {other} was lost: no sign of life for {now - since:.0f} s (killed, "
+                          f"crashed or hung); process {me} stops too")
+
+
 def watch_for_peer_failure(stale_s: float = 50.0, period_s: float = 1.0) -> None:
     """With several processes: starts the watcher thread described above (no-op with
     one process). `stale_s`: how long another process's liveness counter may stand
@@ -431,34 +471,9 @@ def watch_for_peer_failure(stale_s: float = 50.0, period_s: float = 1.0) -> None
                                   f"({type(err).__name__}); process {me} stops too")
                 continue
             coordinator_lost_at = None
-            notice = entries.get(FAILURE_KEY)
-            if notice is not None:
-                failed, _, message = notice.partition("\t")
-                if int(failed) == me:
-                    return
-                # The line first, then the acknowledgement, then exit: once acknowledged, the
-                # failed process may exit, and if it is process 0 its coordination service
-                # goes with it (JAX's client then aborts this process, exit -6, seen once
-                # in a suite run).
-                def acknowledge() -> None:
-                    try:
-                        client.key_value_set(f"{ACK_PREFIX}{me}", "1", allow_overwrite=True)
-                    except Exception:  # noqa: BLE001  (the failed process may be gone already)
-                        pass
-
-                _stop_process(f"process {failed} failed: {message}; process {me} stops too", before_exit=acknowledge)
-            for key, value in entries.items():
-                if not key.startswith(ALIVE_PREFIX):
-                    continue
-                other = int(key[len(ALIVE_PREFIX):])
-                if other == me or f"{DONE_PREFIX}{other}" in entries:
-                    continue
-                last_value, since = moved.get(other, (None, now))
-                if value != last_value:
-                    moved[other] = (value, now)
-                elif now - since > stale_s and not _watch_stop.is_set():
-                    _stop_process(f"process {other} was lost: no sign of life for {now - since:.0f} s (killed, "
-                                  f"crashed or hung); process {me} stops too")
+            if posted_failure(client, entries, me):
+                return
+            check_liveness(entries, me, moved, now, stale_s)
 
     thread = threading.Thread(target=watch, name="brainjax-peer-failure", daemon=True)
     thread.start()

@@ -51,6 +51,20 @@ def global_indices(n: int, axis_name: str | None) -> jax.Array:
     return offset + jnp.arange(n)
 
 
+def training_images(images: jax.Array, degrade_rng: jax.Array, augment_cfg: Mapping | None,
+                    degrade_cfg: Mapping | None, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
+    """(float images, quality targets) of a training batch: uint8 -> [0, 1], appearance
+    augmentation, then the degradation chain, per example with keys from its global
+    index. The augmentation has its own key stream, so the degradation draws are the same
+    with or without it."""
+    x = to_float_images(images)
+    index = global_indices(images.shape[0], axis_name)
+    if augment_cfg:
+        x = augmentations.apply(x, degrade.example_keys(jax.random.fold_in(degrade_rng, AUGMENT_STREAM), index),
+                                augment_cfg)
+    return degrade.augment_with_targets(x, degrade.example_keys(degrade_rng, index), degrade_cfg or {})
+
+
 def train_step(state: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *, model: Any,
                tx: optax.GradientTransformation, label_tree: Any, degrade_cfg: Mapping | None = None,
                augment_cfg: Mapping | None = None, label_smoothing: float = 0.0, quality_loss_weight: float = 0.0,
@@ -74,14 +88,7 @@ def train_step(state: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *, mo
     labels = batch["label"]
     n = labels.shape[0]
     if inputs == "images":
-        x = to_float_images(batch["image"])
-        index = global_indices(n, axis_name)
-        if augment_cfg:
-            # Its own key stream (the degradation draws are the same with or without it).
-            x = augmentations.apply(x, degrade.example_keys(jax.random.fold_in(degrade_rng, AUGMENT_STREAM), index),
-                                    augment_cfg)
-        x, quality_targets = degrade.augment_with_targets(x, degrade.example_keys(degrade_rng, index),
-                                                          degrade_cfg or {})
+        x, quality_targets = training_images(batch["image"], degrade_rng, augment_cfg, degrade_cfg, axis_name)
     else:
         x, quality_targets = batch["image"], None
     with_quality = quality_loss_weight > 0 and quality_targets is not None

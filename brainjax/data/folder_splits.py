@@ -134,6 +134,35 @@ def split_groups(readable: Sequence[Record], near: Sequence[Sequence[int]]) -> n
     return np.array(roots)
 
 
+def dedup_test(readable: Sequence[Record], index: images.DuplicateIndex, group: np.ndarray, is_test: np.ndarray,
+               class_names: Sequence[str], near_threshold: float) -> tuple[list[dict], list[Record]]:
+    """(removed rows, kept test records) of `test_dedup`: a test image whose group has a
+    training member is removed (naming its closest match and why), and a group inside
+    test is kept once."""
+    sim = index.similarity()
+    removed, kept_test = [], []
+    seen_groups: dict[int, str] = {}
+    train_groups = {int(group[i]) for i in np.nonzero(~is_test)[0]}
+    for i in np.nonzero(is_test)[0]:
+        rec = readable[i]
+        members = [j for j in np.nonzero(group == group[i])[0] if j != i]
+        train_match = [j for j in members if not is_test[j]]
+        if int(group[i]) in train_groups:
+            j = max(train_match, key=lambda j: sim[i, j])
+            reason = ("exact duplicate" if index.hashes[i] == index.hashes[j] else "near duplicate"
+                      if sim[i, j] >= near_threshold else f"same {rec.group.replace(':', ' ', 1)}")
+            removed.append({"file": rec.relpath, "label": class_names[rec.label],
+                            "reason": f"{reason} in Training", "match": readable[j].relpath,
+                            "match_label": class_names[readable[j].label], "similarity": round(float(sim[i, j]), 4)})
+        elif int(group[i]) in seen_groups:
+            removed.append({"file": rec.relpath, "label": class_names[rec.label],
+                            "reason": "duplicate within Testing", "match": seen_groups[int(group[i])]})
+        else:
+            seen_groups[int(group[i])] = rec.relpath
+            kept_test.append(rec)
+    return removed, kept_test
+
+
 def plan_splits(records: Sequence[Record], root: str, class_names: Sequence[str], plan: SplitPlan,
                 dataset: str, config_name: str) -> tuple[dict[str, list[Record]], dict, dict[str, bytes]]:
     """Decodes every file once (hash + thumbnail, and the PNG the splits store: a training
@@ -151,27 +180,7 @@ def plan_splits(records: Sequence[Record], root: str, class_names: Sequence[str]
     if not is_test.any() and plan.test_fraction > 0:
         # No test folder: a seeded, group-aware share (a seed apart from validation's).
         is_test = stratified_group_split(labels, group, plan.test_fraction, plan.split_seed + 1)
-    sim = index.similarity()
-    removed, kept_test = [], []
-    seen_groups: dict[int, str] = {}
-    train_groups = {int(group[i]) for i in np.nonzero(~is_test)[0]}
-    for i in np.nonzero(is_test)[0]:
-        rec = readable[i]
-        members = [j for j in np.nonzero(group == group[i])[0] if j != i]
-        train_match = [j for j in members if not is_test[j]]
-        if int(group[i]) in train_groups:
-            j = max(train_match, key=lambda j: sim[i, j])
-            reason = ("exact duplicate" if index.hashes[i] == index.hashes[j] else "near duplicate"
-                      if sim[i, j] >= plan.near_threshold else f"same {rec.group.replace(':', ' ', 1)}")
-            removed.append({"file": rec.relpath, "label": class_names[rec.label],
-                            "reason": f"{reason} in Training", "match": readable[j].relpath,
-                            "match_label": class_names[readable[j].label], "similarity": round(float(sim[i, j]), 4)})
-        elif int(group[i]) in seen_groups:
-            removed.append({"file": rec.relpath, "label": class_names[rec.label],
-                            "reason": "duplicate within Testing", "match": seen_groups[int(group[i])]})
-        else:
-            seen_groups[int(group[i])] = rec.relpath
-            kept_test.append(rec)
+    removed, kept_test = dedup_test(readable, index, group, is_test, class_names, plan.near_threshold)
     train_idx = np.nonzero(~is_test)[0]
     held = stratified_group_split(labels[train_idx], group[train_idx], plan.val_fraction, plan.split_seed)
     cross_label = [{"a": readable[g[0]].relpath, "members": [readable[j].relpath for j in g],
