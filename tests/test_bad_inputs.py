@@ -108,6 +108,8 @@ def _train_rows():
          "unknown corruption"),
         ("abstain-rule-typo", lambda c: {"args": ["--config.eval.abstain_rule=bogus"]}, "must be one of"),
         ("unknown-dataset", lambda c: {"args": ["--config.dataset=nosuch_dataset"]}, "unknown dataset"),
+        ("unknown-dataset-config", lambda c: {"args": ["--config.dataset=brain_phantom/nosuch"]},
+         "brain_phantom has no config 'nosuch'"),
         ("image-folder-without-manual-dir", lambda c: {"args": ["--config.dataset=image_folder"]},
          "needs config.manual_dir"),
         ("download-source-typo", lambda c: {"args": ["--config.download=ftp",

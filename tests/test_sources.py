@@ -235,6 +235,7 @@ def test_a_bad_source_setting_is_one_line_before_any_work(override, message, tmp
     (dict(names=("t1", "t1")), "repeat"),
     (dict(weight=0.0), "weight=0.0 must be > 0"),
     (dict(class_map="glioma_tumor=glioma"), "names classes ['glioma_tumor']"),
+    (dict(dataset="brain_phantom/nosuch"), "config.sources[t1]: unknown dataset 'brain_phantom/nosuch'"),
 ])
 def test_bad_source_entries_are_one_line_naming_the_field(fields, message, sources_data):
     from brainjax.data import pipeline
@@ -242,7 +243,9 @@ def test_bad_source_entries_are_one_line_naming_the_field(fields, message, sourc
     from configs import default
 
     names = fields.pop("names", ("t1", "t2"))
-    sources = tuple(default.source(n, f"brain_phantom/small_{d}", **fields) for n, d in zip(names, ("t1", "t2")))
+    dataset = fields.pop("dataset", None)
+    sources = tuple(default.source(n, dataset or f"brain_phantom/small_{d}", **fields)
+                    for n, d in zip(names, ("t1", "t2")))
     with pytest.raises(UserError, match=r"config\.sources") as err:
         pipeline.checked_builder(sources_config(sources_data, sources=sources))
     assert message in str(err.value) and "\n" not in str(err.value)

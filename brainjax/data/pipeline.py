@@ -72,6 +72,11 @@ def dataset_builder(name: str, data_dir: str | None, manual_dir: str | None, *, 
         return tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as err:
         raise UserError(f"unknown dataset {name!r} (config.dataset): {str(err).splitlines()[0]}") from None
+    except ValueError:  # a known dataset without that config: 'brain_phantom/nope'
+        base = name.split("/")[0]
+        known = [c.name for c in getattr(tfds.builder_cls(base), "BUILDER_CONFIGS", [])]
+        raise UserError(f"unknown dataset {name!r} (config.dataset): {base} has no config "
+                        f"{name.split('/', 1)[-1]!r} (its configs: {', '.join(known)})") from None
 
 
 def _manual_folder(manual_dir: str | None) -> str | None:
@@ -81,18 +86,27 @@ def _manual_folder(manual_dir: str | None) -> str | None:
     return os.path.abspath(os.path.expanduser(manual_dir)) if manual_dir else manual_dir
 
 
+def source_builder(source: Mapping[str, Any], config: Mapping[str, Any], make: Any):
+    """`make` (checked_builder or builder_for) on one source's dataset fields; its
+    errors name the source."""
+    try:
+        return make(multi_source.source_fields(source, config))
+    except UserError as err:
+        raise UserError(f"config.sources[{source['name']}]: {err}") from None
+
+
 def sources_builder(config: Mapping[str, Any], prepare: bool):
     """The `multi_source` builder of config.sources (built, with `prepare`: each source
     first, by its own builder, then the mixed dataset; a mixed build already made needs
     no source build)."""
     sources = multi_source.source_list(config)
     holdout = str(config["holdout_source"])
-    builders = {s["name"]: checked_builder(multi_source.source_fields(s, config)) for s in sources}
+    builders = {s["name"]: source_builder(s, config, checked_builder) for s in sources}
     builder = multi_source.MultiSource(config=multi_source.multi_config(sources, builders, holdout),
                                        data_dir=config.get("data_dir"))
     if not prepare or builder.is_prepared():
         return builder
-    builders = {s["name"]: builder_for(multi_source.source_fields(s, config)) for s in sources}
+    builders = {s["name"]: source_builder(s, config, builder_for) for s in sources}
     builder.source_builders = builders
     builder.download_and_prepare()
     return builder
