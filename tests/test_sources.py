@@ -143,6 +143,9 @@ def test_weighted_draw_fills_each_source_by_weight_deterministically(sources_dat
                                                      default.source("t2", "brain_phantom/small_t2", weight=1.0)))
     p_equal, p_weighted = pipeline_of(equal), pipeline_of(weighted)
     assert p_equal.draw is None  # equal sizes, equal weights: the plain epoch
+    from brainjax.data import pipeline  # the counts a build without its report falls back to
+
+    assert pipeline.source_counts(p_weighted.builder) == p_weighted.builder.build_report()["splits"]["train"]["per_source"]
     first = epoch_sources(p_weighted, weighted, 0)
     share = float((first == 0).mean())
     assert 0.70 <= share <= 0.80, share  # t1 fills 3/4 of the epoch

@@ -69,8 +69,10 @@ class DuplicateIndex:
         return np.maximum(t @ t.T, t @ mirrored.T)
 
 
-def duplicate_groups(index: DuplicateIndex, threshold: float = NEAR_THRESHOLD) -> tuple[list[list[int]], list[list[int]]]:
-    """(exact groups, near groups): connected components of size > 1 (indices into index)."""
+def duplicate_groups(index: DuplicateIndex, threshold: float = NEAR_THRESHOLD,
+                     sim: np.ndarray | None = None) -> tuple[list[list[int]], list[list[int]]]:
+    """(exact groups, near groups): connected components of size > 1 (indices into index).
+    `sim`: index.similarity(), when the caller has it already."""
     n = len(index.names)
     by_hash: dict[str, list[int]] = {}
     for i, h in enumerate(index.hashes):
@@ -85,7 +87,7 @@ def duplicate_groups(index: DuplicateIndex, threshold: float = NEAR_THRESHOLD) -
         return i
 
     if n:
-        sim = index.similarity()
+        sim = (index.similarity() if sim is None else sim).copy()
         np.fill_diagonal(sim, -1)
         for i, j in zip(*np.nonzero(np.triu(sim >= threshold, 1))):
             parent[find(i)] = find(j)

@@ -216,7 +216,7 @@ def source_draw(config: Mapping[str, Any], builder: Any, source_names: list[str]
     to resample: a one-source run, or weights proportional to size)."""
     if not source_names:
         return None
-    counts = builder.build_report().get("splits", {}).get("train", {}).get("per_source", {})
+    counts = builder.build_report().get("splits", {}).get("train", {}).get("per_source") or source_counts(builder)
     weights = {s["name"]: float(s["weight"]) for s in multi_source.source_list(config)}
     n = np.array([counts.get(name, 0) for name in source_names], np.float64)
     w = np.array([weights[name] if counts.get(name, 0) else 0.0 for name in source_names])
@@ -226,6 +226,15 @@ def source_draw(config: Mapping[str, Any], builder: Any, source_names: list[str]
     if np.allclose(share, natural, rtol=0, atol=1e-9):
         return None
     return np.where(n > 0, share / np.maximum(natural, 1e-12), 0.0)
+
+
+def source_counts(builder: Any, split: str = "train") -> dict[str, int]:
+    """{source: examples} of a multi-source split, counted from its records (images not
+    decoded): for a build whose build_report.json is not beside it."""
+    names = builder.info.features["source"].names
+    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    found = np.bincount([int(ex["source"]) for ex in tfds.as_numpy(ds)], minlength=len(names))
+    return {name: int(n) for name, n in zip(names, found)}
 
 
 def weighted_draw(ds: tf.data.Dataset, repeats: np.ndarray, seed: int, epoch: int) -> tf.data.Dataset:

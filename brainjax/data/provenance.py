@@ -109,9 +109,9 @@ def plan(entries: Sequence[Entry], index: images.DuplicateIndex, source_names: S
          class_names: Sequence[str], threshold: float = COPY_THRESHOLD) -> tuple[np.ndarray, dict]:
     """(keep mask, provenance report) of the images of every source (one index entry each,
     in the order of `entries`)."""
-    _, near = images.duplicate_groups(index, threshold)
-    keep, removed = placement(entries, near)
     sim = index.similarity() if len(entries) else np.zeros((0, 0), np.float32)
+    _, near = images.duplicate_groups(index, threshold, sim)
+    keep, removed = placement(entries, near)
     report = {
         "sources": list(source_names), "class_names": list(class_names), "near_threshold": threshold,
         "thumbnail": images.THUMB, "images": int(len(entries)), "duplicate_groups": len(near),
