@@ -32,9 +32,10 @@ optimizer or trainable set the run was trained with.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -112,6 +113,52 @@ def read_step(manager: ocp.CheckpointManager, step: int, templates: dict[str, An
     return out
 
 
+class SaveWorker:
+    """At most one save in flight: `submit` runs it on a worker thread (background) or at
+    once; `finish` waits for it and raises its error. A storage error (OSError), on
+    either thread, becomes a `SaveError` naming the step (the steps before it stay on
+    disk); anything else (a lost peer process) is raised as it came, for `run.fail` to
+    name."""
+
+    def __init__(self, background: bool, directory: str, manager: ocp.CheckpointManager):
+        self.directory, self.manager = directory, manager
+        self._pool = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="brainjax-checkpoint")
+                      if background else None)
+        self._in_flight: tuple[int, concurrent.futures.Future] | None = None
+
+    def submit(self, step: int, save: Callable[[], None]) -> None:
+        """Waits for the save before, then runs `save` (in the background: hands it over)."""
+        self.finish()
+        if self._pool is not None:
+            self._in_flight = (step, self._pool.submit(save))
+            return
+        try:
+            save()
+        except OSError as err:
+            raise self._save_error(step, err) from err
+
+    def finish(self) -> None:
+        """Waits for the save in flight; raises its error."""
+        if self._in_flight is None:
+            return
+        step, future = self._in_flight
+        self._in_flight = None
+        err = future.exception()
+        if isinstance(err, OSError):
+            raise self._save_error(step, err) from err
+        if err is not None:  # not storage (e.g. a lost peer): as it came, for run.fail to name
+            raise err
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def _save_error(self, step: int, err: BaseException) -> "SaveError":
+        return SaveError(f"saving checkpoint step {step} in {self.directory} failed: {_first_line(err)}. "
+                         f"The steps saved before it are kept ({self.manager.all_steps()}); fix the cause "
+                         "(storage, space, permissions) and rerun the same command to resume.")
+
+
 class Checkpoints:
     """Step-level checkpoints of one run (every process takes part in every call).
 
@@ -119,10 +166,8 @@ class Checkpoints:
     as soon as a worker thread owns the arrays: the worker makes the host copy (when
     asked) and calls orbax, which writes the files on that worker (synchronously: no
     orbax thread of its own; without the worker, orbax's asynchronous save). One save is in flight at a
-    time: the next `save`, `wait`, `latest_step` or `close` first waits for it and raises
-    its error, if any. A storage error (OSError), on either thread, becomes a `SaveError`
-    naming the step (the steps before it stay on disk); anything else (a lost peer
-    process) is raised as it came, for `run.fail` to name.
+    time (`SaveWorker`): the next `save`, `wait`, `latest_step` or `close` first waits
+    for it and raises its error, if any.
     """
 
     def __init__(self, workdir: str, keep: int = 2, background: bool | None = None, record: dict | None = None):
@@ -139,9 +184,7 @@ class Checkpoints:
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                  enable_async_checkpointing=not self.background),
             item_handlers=item_handlers())
-        self._worker = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="brainjax-checkpoint")
-                        if self.background else None)
-        self._in_flight: tuple[int, concurrent.futures.Future] | None = None
+        self.worker = SaveWorker(self.background, self.directory, self.manager)
         self._best_flat: tuple[Any, flat_tree.Flat] | None = None  # (the `best` object, its Flat)
         self.recovery = step_recovery.StepRecovery(self.manager, self.directory)
 
@@ -160,31 +203,11 @@ class Checkpoints:
         numpy before orbax sees them (config.checkpoint_from='host'), on the worker
         thread when saving in the background. Returns once the data is handed over (in
         the background: to the worker, so arrays must not be donated or changed after)."""
-        self.finish_handover()
-        if self._worker is None:
-            try:
-                self._save_now(step, state, best, loop, host_copy)
-            except OSError as err:
-                raise self._save_error(step, err) from err
-        else:
-            self._in_flight = (step, self._worker.submit(self._save_now, step, state, best, loop, host_copy))
+        self.worker.submit(step, functools.partial(self._save_now, step, state, best, loop, host_copy))
 
     def finish_handover(self) -> None:
         """Waits for the save in flight on the worker thread; raises its error."""
-        if self._in_flight is None:
-            return
-        step, future = self._in_flight
-        self._in_flight = None
-        err = future.exception()
-        if isinstance(err, OSError):
-            raise self._save_error(step, err) from err
-        if err is not None:  # not storage (e.g. a lost peer): as it came, for run.fail to name
-            raise err
-
-    def _save_error(self, step: int, err: BaseException) -> "SaveError":
-        return SaveError(f"saving checkpoint step {step} in {self.directory} failed: {_first_line(err)}. "
-                         f"The steps saved before it are kept ({self.manager.all_steps()}); fix the cause "
-                         "(storage, space, permissions) and rerun the same command to resume.")
+        self.worker.finish()
 
     def _save_now(self, step: int, state: Any, best: Any, loop: dict, host_copy: bool) -> None:
         state = state if isinstance(state, flat_tree.Flat) else flat_tree.Flat(flat_tree.flatten(state), state)
@@ -245,6 +268,5 @@ class Checkpoints:
         except Exception as err:  # noqa: BLE001  (logged: see the docstring)
             log.error("checkpoint save failed: %s", _first_line(err))
         finally:
-            if self._worker is not None:
-                self._worker.shutdown(wait=True)
+            self.worker.shutdown()
             self.manager.close()

@@ -52,7 +52,6 @@ SEVERITIES: Mapping[str, tuple[float, ...]] = {
     "jpeg": JPEG_QUALITY,
 }
 NAMES: tuple[str, ...] = tuple(SEVERITIES)
-BASIC_NAMES: tuple[str, ...] = ("gaussian_noise", "gaussian_blur", "downsample")  # the seed's three
 REFERENCE_SIZE = 224
 
 

@@ -277,6 +277,19 @@ def log_epoch(config: Any, progress: dict, record: dict, epoch_times: list[float
                  progress["bad_epochs"], progress["best_epoch"] + 1)
 
 
+def stop_for_preemption(ckpt, progress: dict, steps_per_epoch: int, step: int, signals: PreemptionSignals) -> None:
+    """Waits for the checkpoint just saved at `step`, logs where the run stands and how
+    to resume, and raises `Preempted`."""
+    ckpt.wait()
+    name = (signal.Signals(signals.received).name if signals.received
+            else "Ctrl-C" if signals.interrupted else "preemption notice")
+    spe = steps_per_epoch
+    log.warning("%s: saved a checkpoint at step %d (epoch %d, step %d of %d) in %s; rerun the same "
+                "command to resume from it", name, step, progress["epoch"] + (progress["step_in_epoch"] > 0),
+                progress["step_in_epoch"] or spe, spe, ckpt.directory)
+    raise Preempted(step)
+
+
 class FitRun:
     """The state of one `fit`: the replicated training state, the best model, the loop's
     JSON progress, metric windows, save timing. Each method is one step of the loop."""
@@ -330,16 +343,6 @@ class FitRun:
                        host_copy=self.save_from == "host")
         self.schedule.saved(step)
 
-    def stop_for_preemption(self, step: int, signals: PreemptionSignals) -> None:
-        self.ckpt.wait()
-        name = (signal.Signals(signals.received).name if signals.received
-                else "Ctrl-C" if signals.interrupted else "preemption notice")
-        progress, spe = self.progress, self.steps_per_epoch
-        log.warning("%s: saved a checkpoint at step %d (epoch %d, step %d of %d) in %s; rerun the same "
-                    "command to resume from it", name, step, progress["epoch"] + (progress["step_in_epoch"] > 0),
-                    progress["step_in_epoch"] or spe, spe, self.ckpt.directory)
-        raise Preempted(step)
-
     def epoch(self, signals: PreemptionSignals) -> None:
         """One epoch from where the progress stands: its steps, then validation, the
         epoch record and the epoch-end checkpoint."""
@@ -371,7 +374,7 @@ class FitRun:
                 self.flush_windows(True)
                 self.save(step)
             if preempted:
-                self.stop_for_preemption(step, signals)
+                stop_for_preemption(self.ckpt, self.progress, self.steps_per_epoch, step, signals)
         self.flush_windows(True)
         return preempted
 
@@ -398,4 +401,4 @@ class FitRun:
         self.save(end_step)
         log_epoch(config, progress, record, self.epoch_times, self.tag)
         if preempted and progress["epoch"] < config.num_epochs and not progress["stop"]:
-            self.stop_for_preemption(end_step, signals)
+            stop_for_preemption(self.ckpt, progress, spe, end_step, signals)

@@ -18,7 +18,6 @@ from brainjax import files, preflight, schema, train
 from brainjax.errors import UserError
 
 log = logging.getLogger("brainjax")
-LOSO_FILES = ("loso.json", "loso.md")
 PREFIX = "holdout-"
 
 

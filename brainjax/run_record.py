@@ -26,8 +26,6 @@ RESUME_FIELDS = ("model", "image_size", "trainable", "optimizer", "batch_size", 
 # Of each config.sources entry, what the training data depends on (its location may move).
 SOURCE_RESUME_FIELDS = ("name", "dataset", "class_map", "weight", "train_split", "test_fraction")
 MAY_CHANGE = ("model.weights_dir", "optimizer.learning_rate", "optimizer.label_smoothing")
-# Derived facts, added once the dataset is known.
-DERIVED_FIELDS = ("class_names", "steps_per_epoch")
 
 
 def plain(value: Any) -> Any:

@@ -112,12 +112,7 @@ def train_step(state: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *, mo
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
         batch_stats = jax.lax.pmean(batch_stats, axis_name)
-    full_grads = partition.merge(grads, jax.tree.map(jnp.zeros_like, frozen))
-    updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
-    trainable_updates, _ = partition.split(updates, label_tree)
-    trainable_updates = jax.tree.map(lambda u: u * state.lr_scale, trainable_updates)
-    params = partition.merge(optax.apply_updates(trainable, trainable_updates), frozen)
-
+    new_state = apply_trainable_update(state, tx, label_tree, grads, batch_stats)
     metrics = {
         "loss_sum": loss * n,
         "correct": jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32),
@@ -125,8 +120,20 @@ def train_step(state: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *, mo
     }
     if axis_name is not None:
         metrics = jax.lax.psum(metrics, axis_name)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     return new_state, metrics
+
+
+def apply_trainable_update(state: Any, tx: optax.GradientTransformation, label_tree: Any, grads: Any,
+                           batch_stats: Any) -> Any:
+    """The optimizer update from the trainable subtree's `grads` (the frozen leaves get
+    zero gradients for `tx`, and keep their values), scaled by the plateau's lr_scale."""
+    trainable, frozen = partition.split(state.params, label_tree)
+    full_grads = partition.merge(grads, jax.tree.map(jnp.zeros_like, frozen))
+    updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
+    trainable_updates, _ = partition.split(updates, label_tree)
+    trainable_updates = jax.tree.map(lambda u: u * state.lr_scale, trainable_updates)
+    params = partition.merge(optax.apply_updates(trainable, trainable_updates), frozen)
+    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
 
 
 def eval_step(variables: Mapping, batch: Mapping[str, jax.Array], rng: jax.Array, level: jax.Array, *,

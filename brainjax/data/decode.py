@@ -53,7 +53,6 @@ SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 MAX_SIZE = 256  # what a dataset build stores: longest side (the models train at <= 224 px)
 MIN_FOREGROUND = 0.05
 VOLUME_PERCENTILE = 99.5
-DECODER_PACKAGES = {"dicom": "pydicom", "nifti": "nibabel"}
 
 
 class UnreadableImage(Exception):

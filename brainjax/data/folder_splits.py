@@ -1,7 +1,7 @@
 """Leakage-aware splits of a folder of labelled image files, shared by the tfds builders
 that read a user's folder (`brain_tumor_mri`, `image_folder`).
 
-One pass decodes every file (PIL, `images.decode_grayscale`), records the unreadable ones,
+One pass decodes every file (`decode.read`: images, DICOM, NIfTI), records the unreadable ones,
 finds exact and near duplicates, and builds the splits:
 
   train        every training file

@@ -27,12 +27,6 @@ IMAGE_EXTENSIONS = decode.IMAGE_EXTENSIONS
 UnreadableImage = decode.UnreadableImage
 
 
-def decode_grayscale(data: bytes, max_size: int | None = None) -> np.ndarray:
-    """File bytes of a 2-D image -> uint8 [H, W] by the decoder's rule (`decode`),
-    longest side capped at `max_size`. Raises UnreadableImage."""
-    return decode.cap_size(decode.decode_image_bytes(data), max_size or 0)
-
-
 def encode_png(gray: np.ndarray) -> bytes:
     """Lossless PNG of a uint8 [H, W] image, at zlib level 1: what the tfds splits store.
     ~3x faster than tfds' own encoder (level 6) for ~14% more bytes; the Sartaj build

@@ -89,8 +89,16 @@ def generate_slice(seed: int, index: int, label: int, size: int = 128, weighting
     t2 = rng.random() < 0.5  # drawn in every weighting, so the rest of the slice's draws are the same
     t2 = t2 if weighting == "mixed" else weighting == "t2"
     tissue = {k: v[1 if t2 else 0] + rng.normal(0, 0.03) for k, v in _TISSUE.items()}
+    img, head, geometry = _anatomy(rng, x, y, tissue, 0.6 * px)
+    lesion = _LESIONS.get(CLASS_NAMES[label])
+    if lesion is not None:
+        img = lesion(rng, x, y, img, tissue, geometry, 0.6 * px)
+    return _acquisition(rng, img, head, size)
 
-    # Head geometry.
+
+def _anatomy(rng, x, y, tissue, w):
+    """Head, skull, CSF, cortex, white matter, ventricles and confounders (every class):
+    (image, head mask, geometry dict for the lesions)."""
     cx, cy = rng.uniform(-0.06, 0.06), rng.uniform(-0.05, 0.05)
     theta = rng.uniform(-0.2, 0.2)
     a, b = rng.uniform(0.70, 0.82), rng.uniform(0.82, 0.93)
@@ -101,7 +109,6 @@ def generate_slice(seed: int, index: int, label: int, size: int = 128, weighting
     cortex_in = rng.uniform(0.70, 0.78) * gyri
 
     img = np.zeros_like(x)
-    w = 0.6 * px
     head = _soft((1 - head_r) * a, w)
     skull = _soft((1 - head_r / skull_in * 1.0) * a, w)  # inside inner edge of scalp
     inner = _soft((1 - head_r / skull_in * 1.06) * a, w)  # inside the skull
@@ -125,41 +132,56 @@ def generate_slice(seed: int, index: int, label: int, size: int = 128, weighting
         r0, ang = rng.uniform(0.1, 0.75), rng.uniform(0, 2 * np.pi)
         vr = _ellipse(x, y, cx + r0 * a * np.cos(ang), cy + r0 * b * np.sin(ang), rng.uniform(0.012, 0.03), rng.uniform(0.012, 0.03))
         img += _soft((1 - vr) * 0.02, w) * (tissue["vessel"] - img) * brain * 0.8
+    return img, head, dict(cx=cx, cy=cy, a=a, b=b, brain=brain, inner=inner, brain_out=brain_out)
 
-    name = CLASS_NAMES[label]
-    if name == "glioma":
-        r0, ang = rng.uniform(0.15, 0.55), rng.uniform(0, 2 * np.pi)
-        gx, gy = cx + r0 * a * np.cos(ang), cy + r0 * b * np.sin(ang)
-        dist = np.sqrt((x - gx) ** 2 + (y - gy) ** 2)
-        gang = np.arctan2(y - gy, x - gx)
-        radius = rng.uniform(0.11, 0.20)
-        edema_r = _irregular_radius(rng, gang, radius * rng.uniform(1.5, 2.1), 0.35)
-        mass_r = _irregular_radius(rng, gang, radius, 0.30)
-        edema = _soft(edema_r - dist, 3 * w) * brain
-        img += edema * (tissue["edema"] - img) * rng.uniform(0.5, 0.9)
-        mass = _soft(mass_r - dist, w) * brain
-        img += mass * (tissue["tumor"] - img)
-        if rng.random() < 0.7:  # necrotic core
-            core = _soft(mass_r * rng.uniform(0.3, 0.6) - dist, w) * brain
-            img += core * (tissue["necrosis"] - img) * 0.8
-    elif name == "meningioma":
-        ang = rng.uniform(0, 2 * np.pi)
-        radius = rng.uniform(0.10, 0.18)
-        rim = brain_out * 0.98  # centre just inside the inner table of the skull
-        mx = cx + (rim - radius / max(a, b) * 0.6) * a * np.cos(ang)
-        my = cy + (rim - radius / max(a, b) * 0.6) * b * np.sin(ang)
-        mr = _ellipse(x, y, mx, my, radius, radius * rng.uniform(0.75, 1.0), ang)
-        mass = _soft((1 - mr) * radius, w) * inner
-        img += mass * (tissue["mening"] - img)
-    elif name == "pituitary":
-        radius = rng.uniform(0.055, 0.085)
-        sx = cx + rng.uniform(-0.03, 0.03)
-        sy = cy - b * rng.uniform(0.30, 0.45)  # anterior (up), sellar region
-        pr = _ellipse(x, y, sx, sy, radius * rng.uniform(1.0, 1.3), radius, rng.uniform(-0.3, 0.3))
-        mass = _soft((1 - pr) * radius, w)
-        img += mass * (tissue["pit"] - img)
 
-    # Acquisition: smooth texture, bias field, gain, gamma, mild thermal noise.
+def _glioma(rng, x, y, img, tissue, g, w):
+    """Irregular intra-axial mass with edema and (70%) a necrotic core."""
+    r0, ang = rng.uniform(0.15, 0.55), rng.uniform(0, 2 * np.pi)
+    gx, gy = g["cx"] + r0 * g["a"] * np.cos(ang), g["cy"] + r0 * g["b"] * np.sin(ang)
+    dist = np.sqrt((x - gx) ** 2 + (y - gy) ** 2)
+    gang = np.arctan2(y - gy, x - gx)
+    radius = rng.uniform(0.11, 0.20)
+    edema_r = _irregular_radius(rng, gang, radius * rng.uniform(1.5, 2.1), 0.35)
+    mass_r = _irregular_radius(rng, gang, radius, 0.30)
+    edema = _soft(edema_r - dist, 3 * w) * g["brain"]
+    img = img + edema * (tissue["edema"] - img) * rng.uniform(0.5, 0.9)
+    mass = _soft(mass_r - dist, w) * g["brain"]
+    img = img + mass * (tissue["tumor"] - img)
+    if rng.random() < 0.7:  # necrotic core
+        core = _soft(mass_r * rng.uniform(0.3, 0.6) - dist, w) * g["brain"]
+        img = img + core * (tissue["necrosis"] - img) * 0.8
+    return img
+
+
+def _meningioma(rng, x, y, img, tissue, g, w):
+    """Homogeneous extra-axial mass abutting the inner table of the skull."""
+    a, b = g["a"], g["b"]
+    ang = rng.uniform(0, 2 * np.pi)
+    radius = rng.uniform(0.10, 0.18)
+    rim = g["brain_out"] * 0.98  # centre just inside the inner table of the skull
+    mx = g["cx"] + (rim - radius / max(a, b) * 0.6) * a * np.cos(ang)
+    my = g["cy"] + (rim - radius / max(a, b) * 0.6) * b * np.sin(ang)
+    mr = _ellipse(x, y, mx, my, radius, radius * rng.uniform(0.75, 1.0), ang)
+    mass = _soft((1 - mr) * radius, w) * g["inner"]
+    return img + mass * (tissue["mening"] - img)
+
+
+def _pituitary(rng, x, y, img, tissue, g, w):
+    """Small round midline mass at the sellar region (anterior, near the skull base)."""
+    radius = rng.uniform(0.055, 0.085)
+    sx = g["cx"] + rng.uniform(-0.03, 0.03)
+    sy = g["cy"] - g["b"] * rng.uniform(0.30, 0.45)  # anterior (up), sellar region
+    pr = _ellipse(x, y, sx, sy, radius * rng.uniform(1.0, 1.3), radius, rng.uniform(-0.3, 0.3))
+    mass = _soft((1 - pr) * radius, w)
+    return img + mass * (tissue["pit"] - img)
+
+
+_LESIONS = {"glioma": _glioma, "meningioma": _meningioma, "pituitary": _pituitary}
+
+
+def _acquisition(rng, img, head, size):
+    """Smooth texture, bias field, gain, gamma and mild thermal noise; uint8 [size, size, 1]."""
     texture = 1 + 0.05 * _smooth_field(rng, size, 0.08) + 0.02 * _smooth_field(rng, size, 0.3)
     bias = 1 + rng.uniform(0.0, 0.15) * _smooth_field(rng, size, 0.01)
     img = img * texture * bias * rng.uniform(0.85, 1.1)
