@@ -9,6 +9,7 @@ recipe) on `brain_phantom/<sites>_t1` (or `t1` with --sites=full), plus:
   contrast_remap  train_augment.contrast_remap=0.5
   gin             train_augment.prob=0.5, train_augment.gin=(0.0, 1.0)
   both            the two together
+  none_wide, contrast_remap_wide   none / contrast_remap with a 4x wider tiny CNN
 trained with the real command (`launch.py`), then scored with `--mode=evaluate` on the T1
 test split and, on a copy of the run, with --config.dataset set to the T2 site (the same
 classes; evaluate builds the run's model and reads only the dataset from the flag).
@@ -28,12 +29,15 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WIDE = "--config.model.tiny.widths=(24, 48, 96, 192)"  # 4x the parameters of the default tiny CNN
 CANDIDATES = {
     "none": [],
     "contrast_remap": ["--config.train_augment.contrast_remap=0.5"],
     "gin": ["--config.train_augment.prob=0.5", "--config.train_augment.gin=(0.0, 1.0)"],
     "both": ["--config.train_augment.contrast_remap=0.5", "--config.train_augment.prob=0.5",
              "--config.train_augment.gin=(0.0, 1.0)"],
+    "none_wide": [WIDE],
+    "contrast_remap_wide": [WIDE, "--config.train_augment.contrast_remap=0.5"],
 }
 
 
