@@ -44,7 +44,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         ci = "[" + ", ".join(f"{v:.3f}" for v in r["ci95"]) + "]" if r["ci95"] else ""
         lines.append(f"| {r['held_out']} | {r['num_examples']} | {fmt(r['accuracy'])} | {ci} | {fmt(r['macro_f1'])} | "
-                     f"{fmt(r['mean_degraded_accuracy'])} | {r['copies_of_training_removed']} | {fmt(r['ood_auroc'])} | "
+                     f"{fmt(r['mean_degraded_accuracy'])} | {'unknown' if r['copies_of_training_removed'] is None else r['copies_of_training_removed']} | {fmt(r['ood_auroc'])} | "
                      f"{fmt(r['in_source_test_accuracy'])} |")
     return "\n".join(lines) + "\n"
 

@@ -186,6 +186,20 @@ def test_holdout_source_is_never_trained_on_and_is_scored_whole(sources_data):
     assert len(kept) == 800 + 120 and (kept == k).all()  # every image of the site
 
 
+def test_holdout_copies_removed_come_from_the_build_report_and_are_unknown_without_one():
+    from types import SimpleNamespace
+
+    from brainjax.evaluators import holdout
+
+    def context(report):
+        return SimpleNamespace(pipeline=SimpleNamespace(builder=SimpleNamespace(build_report=lambda: report)))
+
+    report = {"removed_copies": {"figshare/holdout": 7, "figshare/test": 3, "sartaj/holdout": 2}}
+    assert holdout.removed_copies(context(report), "figshare") == 7
+    assert holdout.removed_copies(context({"removed_copies": {}}), "figshare") == 0  # none found
+    assert holdout.removed_copies(context({}), "figshare") is None  # no build report: unknown, not 0
+
+
 # --- runs -------------------------------------------------------------------------------
 
 def test_two_source_run_reports_each_source_and_they_add_up(sources_data, tmp_path):

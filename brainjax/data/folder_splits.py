@@ -212,13 +212,14 @@ def plan_splits(records: Sequence[Record], root: str, class_names: Sequence[str]
     return splits, report, encoded
 
 
-def write_reports(report_dir: str, report: dict) -> None:
-    """build_report.json and dedup_report.md in `report_dir`, the builder's own folder in
-    the tfds data_dir (brainjax owns it: a rebuild replaces the reports)."""
+def write_reports(report_dir: str, documents: dict[str, dict | str]) -> None:
+    """{file name: JSON dict or markdown text} into `report_dir`, a builder's own folder
+    in the tfds data_dir (brainjax owns it: a rebuild replaces the reports)."""
     files.make_dirs(report_dir)
     files.own(report_dir)
-    files.write_json(os.path.join(report_dir, "build_report.json"), report)
-    files.write_text(os.path.join(report_dir, "dedup_report.md"), dedup_markdown(report))
+    for name, content in documents.items():
+        path = os.path.join(report_dir, name)
+        files.write_json(path, content) if isinstance(content, dict) else files.write_text(path, content)
 
 
 def dedup_markdown(report: dict) -> str:
@@ -252,7 +253,7 @@ def finish_build(title: str, report_dir: str, splits: dict[str, list[Record]], r
                  generate: Callable[[list[Record]], Any]) -> dict:
     """The end of a builder's _split_generators: write the reports, log, and return one
     generator per non-empty split (tfds cannot hold an empty split)."""
-    write_reports(report_dir, report)
+    write_reports(report_dir, {"build_report.json": report, "dedup_report.md": dedup_markdown(report)})
     log.info("%s: classes %s, %s; %d unreadable files skipped; report in %s", title, report["class_names"],
              {k: len(v) for k, v in splits.items()}, len(report["unreadable"]), report_dir)
     empty = [name for name, recs in splits.items() if not recs]

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from brainjax import files
-from brainjax.data import decode, images, provenance
+from brainjax.data import decode, folder_splits, images, provenance
 from brainjax.data.image_folder import parse_class_map
 from brainjax.errors import UserError
 
@@ -203,12 +203,9 @@ class MultiSource(tfds.core.GeneratorBasedBuilder):
 
     def write_reports(self, report: dict, prov: dict) -> None:
         folder = self.report_dir()
-        files.make_dirs(folder)
-        files.own(folder)
-        files.write_json(os.path.join(folder, "build_report.json"), report)
-        files.write_text(os.path.join(folder, "build_report.md"), report_markdown_counts(report))
-        files.write_json(os.path.join(folder, "provenance.json"), prov)
-        files.write_text(os.path.join(folder, "provenance.md"), provenance.markdown(prov))
+        folder_splits.write_reports(folder, {
+            "build_report.json": report, "build_report.md": report_markdown_counts(report),
+            "provenance.json": prov, "provenance.md": provenance.markdown(prov)})
         log.info("multi_source/%s: %s; %d cross-source copy pairs; reports in %s", report["config"],
                  {k: v["count"] for k, v in report["splits"].items()},
                  sum(p["copies"] for p in prov["pairs"]), folder)

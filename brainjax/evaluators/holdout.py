@@ -18,6 +18,15 @@ def ood_auroc(context: Any) -> dict | None:
     return {m: entry["vs"]["holdout"]["auroc"] for m, entry in ood["methods"].items() if "holdout" in entry["vs"]}
 
 
+def removed_copies(context: Any, name: str) -> int | None:
+    """How many of the held-out source's images the build removed as copies of training
+    images, from the build report; None (unknown) where the build left no report."""
+    report = context.pipeline.builder.build_report()
+    if "removed_copies" not in report:
+        return None
+    return int(report["removed_copies"].get(f"{name}/holdout", 0))
+
+
 class Evaluator:
     def check(self, config: Any) -> None:
         del config  # holdout_source is checked with the dataset (data/multi_source.source_list)
@@ -28,10 +37,7 @@ class Evaluator:
         if not name:
             return None
         section = robustness.evaluate_split(context, "holdout", None)
-        report = context.pipeline.builder.build_report()
-        removed = {k.split("/", 1)[1]: n for k, n in report.get("removed_copies", {}).items()
-                   if k.split("/", 1)[0] == name}
-        section.update({"source": name, "copies_of_training_removed": int(removed.get("holdout", 0)),
+        section.update({"source": name, "copies_of_training_removed": removed_copies(context, name),
                         "ood_auroc_vs_validation": ood_auroc(context),
                         "ood_method": config.eval.ood_method})
         return section
