@@ -1,6 +1,7 @@
 """The final evaluation of a trained model, the one call training and --mode=evaluate
 share: every configured evaluator (`evaluators/common.py`) on the model's variables,
-then report.json, calibration.json, ood_stats.npz and the plots (`report.write_report`)."""
+then report.json, calibration.json, ood_stats.npz (`report.write_report`) and each
+evaluator's figures (its `plot`)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ The heatmap is taken at the backbone's output, the last convolutional block of e
 backbone (VGG block5, ResNet50V2 post_bn, the tiny CNN's and the small ResNet's last
 stage): the gradient of the class logit with respect to that feature map, averaged over
 space, weights its channels; their ReLU'd sum, upsampled to the image and scaled to
-[0, 1], is the map. Pure jax on a restored model; drawing it is `report.save_overlay`.
+[0, 1], is the map. Pure jax on a restored model; drawing it is `plots.save_overlay`.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from brainjax import evaluators, explain as explain_lib, files, inference, preflight, report, schema, steps
+from brainjax import evaluators, explain as explain_lib, files, inference, plots, preflight, schema, steps
 from brainjax.data import decode
 
 log = logging.getLogger("brainjax")
@@ -276,7 +276,7 @@ class Stream:
         for i, s in enumerate(slices):
             path = os.path.join(self.workdir, "explain", self.output_name(s))
             p = out["probabilities"][i]
-            report.save_overlay(np.asarray(batch[i])[..., 0], heatmaps[i], path,
+            plots.save_overlay(np.asarray(batch[i])[..., 0], heatmaps[i], path,
                                 title=f"{os.path.basename(s.source)}: {class_names[int(p.argmax())]} {p.max():.2f}")
             print(f"{label(s)}: wrote {path}")
 
@@ -313,6 +313,6 @@ def gallery_files(config: ml_collections.ConfigDict, workdir: str, paths: Sequen
             continue
         middle = decoded.slices[len(decoded.slices) // 2]
         image = decode.model_input(middle.pixels, int(config.image_size))
-        report.gallery(image.astype(np.float32) / 255.0, outputs[middle.source])
+        plots.gallery(image.astype(np.float32) / 255.0, outputs[middle.source])
         print(f"{middle.source}: wrote {outputs[middle.source]}")
     return inputs.failures

@@ -247,11 +247,11 @@ def test_ordered_recipe_is_the_chain_draw_in_acquisition_order():
 
 
 def test_gallery_png(tmp_path):
-    from brainjax import report
+    from brainjax import plots
 
     x = np.asarray(_images(1)[0])
     out = tmp_path / "g.png"
-    report.gallery(x, str(out))
+    plots.gallery(x, str(out))
     assert out.stat().st_size > 20_000
 
 

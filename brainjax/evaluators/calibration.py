@@ -13,10 +13,12 @@ equally confident on both. Two tools:
 
 from __future__ import annotations
 
+import os
 from typing import Mapping
 
 import numpy as np
 
+from brainjax import plots
 from brainjax.errors import UserError
 from brainjax.evaluators import ood
 
@@ -231,6 +233,9 @@ class Evaluator:
         has_quality = bool(config.model.get("quality_head") and config.model.quality_head.get("enabled"))
         has_ood = bool(config.eval.ood_method) and config.eval.calibration
         check_abstain_rule(config.eval.abstain_rule, has_quality, has_ood)
+
+    def plot(self, section: dict, outdir: str) -> None:
+        plots.plot_reliability(section, os.path.join(outdir, "reliability.png"))
 
     def run(self, context) -> dict | None:
         config = context.config

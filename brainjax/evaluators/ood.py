@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from brainjax import parallel, steps
+from brainjax import parallel, plots, steps
 from brainjax.data import decode
 from brainjax.errors import UserError
 
@@ -406,6 +406,9 @@ class Evaluator:
 
     def check(self, config: Any) -> None:
         check_config(config)
+
+    def plot(self, section: dict, outdir: str) -> None:
+        plots.plot_ood(section, os.path.join(outdir, "ood.png"))
 
     def run(self, context: Any) -> dict | None:
         sel = context.shared.get("selective")

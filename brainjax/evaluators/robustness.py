@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from brainjax import degrade, files
+from brainjax import degrade, files, plots
 from brainjax.errors import UserError
 from brainjax.evaluators.adapt import make_batchnorm_adapter
 from brainjax.evaluators.metrics import classification_metrics, summarize
@@ -110,6 +110,14 @@ class Evaluator:
 
     def check(self, config: Any) -> None:
         check_grid(config)
+
+    def plot(self, section: dict, outdir: str) -> None:
+        """confusion_matrix.png (clean test split) and robustness.png (the grid)."""
+        plots.plot_confusion(np.asarray(section["clean"]["confusion_matrix"]), section["class_names"],
+                             os.path.join(outdir, "confusion_matrix.png"),
+                             title=f"{section['dataset']} {section['split']} (clean)")
+        if section["degraded"]:
+            plots.plot_robustness(section, os.path.join(outdir, "robustness.png"))
 
     def run(self, context: Any) -> dict:
         config = context.config

@@ -6,8 +6,10 @@ come from `calibration`, the OOD rules' rows from `ood` (both through
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
+from brainjax import plots
 from brainjax.evaluators import ood
 
 log = logging.getLogger("brainjax")
@@ -16,6 +18,9 @@ log = logging.getLogger("brainjax")
 class Evaluator:
     def check(self, config: Any) -> None:
         del config  # the rule is checked with calibration, which fits it
+
+    def plot(self, section: dict, outdir: str) -> None:
+        plots.plot_risk_coverage(section, os.path.join(outdir, "risk_coverage.png"))
 
     def run(self, context: Any) -> dict | None:
         sel = context.shared.get("selective")
