@@ -33,7 +33,7 @@ def finished_report(workdir: str, name: str) -> dict | None:
     if not os.path.isfile(path):
         return None
     report = schema.read_report(path, "a leave-one-source-out run's report")
-    return report if isinstance(report, dict) and (report.get("holdout") or {}).get("source") == name else None
+    return report if schema.held_out_source(report) == name else None
 
 
 def markdown(rows: list[dict]) -> str:

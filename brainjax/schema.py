@@ -136,6 +136,11 @@ def headline(report: Report, path: str) -> dict:
                         "again") from None
 
 
+def held_out_source(report: Report) -> str | None:
+    """The source a report scores as held out (report["holdout"]["source"]), if any."""
+    return (report.get("holdout") or {}).get("source")
+
+
 def holdout_row(name: str, report: Report) -> dict:
     """One loso.json row from a held-out run's report: accuracy (95% CI), macro F1, mean
     corruption accuracy, copies removed, OOD AUROC vs validation, in-source test accuracy."""
