@@ -9,12 +9,19 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NEW_EVALUATOR = '''"""A test evaluator: the test split's size and clean accuracy, computed on its own."""
+import os
+
 import numpy as np
+
+from brainjax import files
 
 
 class Evaluator:
     def check(self, config):
         del config
+
+    def plot(self, section, outdir):
+        files.write_text(os.path.join(outdir, "count_check.txt"), f"{section['num_examples']}\\n")
 
     def run(self, context):
         out = context.predictions(context.config.test_split)
@@ -45,6 +52,7 @@ def test_a_new_evaluator_is_one_file_and_one_config_entry(tmp_path, data_dir):
     assert section["num_examples"] == report["num_examples"] == sum(map(sum, report["clean"]["confusion_matrix"]))
     assert abs(section["accuracy"] - report["clean"]["accuracy"]) < 1e-12
     assert section["cached"] is True  # the test split's predictions were computed once
+    assert (tmp_path / "run" / "count_check.txt").read_text() == f"{report['num_examples']}\n"  # its own plot hook
 
 
 def test_an_unknown_evaluator_is_one_line_before_training(tmp_path, data_dir):
