@@ -12,7 +12,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # program, compile options and device assignment, so results are unchanged (the bitwise
 # resume tests still compare bit for bit). Created by the first process that imports
 # this file (the xdist controller), removed when it exits; a cache the developer set
-# already is used as it is. Issue 25: measured in BUILD_NOTES session 11.
+# already is used as it is.
 _OWN_COMPILATION_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _OWN_COMPILATION_CACHE = tempfile.mkdtemp(prefix="brainjax-test-xla-cache-")

@@ -81,8 +81,8 @@ CASES = [("tiny", 32, {}), ("vgg16", 32, {"vgg16": {"conv_impl": "direct"}}), ("
 # TFLite of the large backbones converts for ~45 s each, the ResNet50V2 SavedModel for
 # ~60 s, VGG16's ~30 s (BUILD_NOTES), ResNet50V2 ONNX 82 s in a loaded --durations run: kept out of the
 # default suite (pytest -m slow runs them, suite-time budget); every format runs on the
-# tiny model. VGG16 ONNX (31 s) joined the slow tier in session 7, when the export-vs-
-# predict tests took its place in the suite-time budget.
+# tiny model. VGG16 ONNX (31 s) is in the slow tier so that the export-vs-
+# predict tests fit the suite-time budget.
 SLOW_EXPORTS = {("vgg16", "tflite"), ("resnet50v2", "tflite"), ("resnet50v2", "savedmodel"), ("vgg16", "savedmodel"),
                 ("resnet50v2", "onnx"), ("vgg16", "onnx")}
 PARITY = [pytest.param(fmt, *case, id=f"{case[0]}-{fmt}",

@@ -124,7 +124,7 @@ def test_sigterm_mid_epoch_saves_and_resumes_to_the_same_model(straight, data_di
     _assert_same_end(straight, workdir)
 
 
-# Slow tier (suite-time budget, session 7: the suite reached 15 min 00 s): the default suite
+# Slow tier (the suite-time budget: the suite once reached 15 min 00 s): the default suite
 # keeps SIGTERM mid-epoch resume (bitwise), the crash-at-save test, the restore fault
 # injection (test_checkpoint_safety.py) and kill -9 of one of two processes.
 @pytest.mark.slow

@@ -290,7 +290,7 @@ def test_synced_batchnorm_step_does_not_depend_on_the_device_split():
     # 2 x lr apart. Adam's first step is +-lr, and their gradients sit at float-rounding
     # level, so summation order decides the sign. It is not BatchNorm's one-pass variance:
     # the two-pass one (use_fast_variance=False) fails the same way, and its variance
-    # error here is 4e-7 vs 9e-8 (session 6).
+    # error here is 4e-7 vs 9e-8 (measured on this test).
     config.model.standardize = "none"
     plain = models.create_model(config.model, 4)
     synced = models.create_model(config.model, 4, bn_axis_name=parallel.AXIS)

@@ -23,7 +23,7 @@ def quality_run(tmp_path_factory, data_dir):
     calibrated with the quality abstention rule.
     The CNN has BatchNorm and two convolutions per block: on the smoke config's own
     one-convolution CNN without BatchNorm, 4 epochs leave the head at its prior (its
-    noise estimate even fell with the noise; measured, BUILD_NOTES session 7)."""
+    noise estimate even fell with the noise; measured on that config)."""
     from brainjax import train
     from configs import smoke
 
