@@ -35,7 +35,6 @@ def save_figure(fig, path: str, dpi: int) -> None:
 def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: str, title: str = "") -> None:
     """The grayscale scan with a Grad-CAM heatmap ([0, 1]) on top, and the scan alone."""
     plt = pyplot()
-
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.4))
     axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
     axes[0].set_title("scan", fontsize=9)
@@ -50,7 +49,6 @@ def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: str, title: str =
 
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title: str = "") -> None:
     plt = pyplot()
-
     fig, ax = plt.subplots(figsize=(5, 4.4))
     ax.imshow(cm, cmap="Blues")
     for i in range(cm.shape[0]):
@@ -69,7 +67,6 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title:
 def plot_robustness(report: dict, path: str) -> None:
     """Accuracy vs severity per corruption (left) and the corruption x severity grid (right)."""
     plt = pyplot()
-
     names = list(report["degraded"])
     severities = list(next(iter(report["degraded"].values())))
     grid = np.array([[report["degraded"][n][s]["accuracy"] for s in severities] for n in names])
@@ -107,7 +104,6 @@ def plot_reliability(cal: dict, path: str) -> None:
     """Reliability diagram of the clean test split: accuracy per confidence bin, before
     and after temperature scaling (the diagonal is perfect calibration)."""
     plt = pyplot()
-
     bins = cal["bins"]
     centres = (np.arange(bins) + 0.5) / bins
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
@@ -131,7 +127,6 @@ def plot_reliability(cal: dict, path: str) -> None:
 def plot_risk_coverage(sel: dict, path: str) -> None:
     """Accuracy of the kept predictions vs the share kept, clean and over the degraded grid."""
     plt = pyplot()
-
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     for rule, entry in sel.get("rules", {sel["rule"]: sel}).items():
         for name, curve in entry["curves"].items():
@@ -150,7 +145,6 @@ def plot_ood(section: dict, path: str) -> None:
     """Histograms of the chosen OOD score: validation (in distribution) vs each OOD set,
     with the fitted threshold."""
     plt = pyplot()
-
     hist = section["histogram"]
     edges = np.asarray(hist["edges"])
     centres = (edges[:-1] + edges[1:]) / 2
@@ -174,7 +168,6 @@ def gallery(image: np.ndarray, path: str, names: Sequence[str] = degrade.NAMES, 
     import jax.numpy as jnp
 
     plt = pyplot()
-
     n_sev = len(next(iter(degrade.SEVERITIES.values())))
     fig, axes = plt.subplots(len(names), n_sev + 1, figsize=(1.6 * (n_sev + 1), 1.6 * len(names)))
     # One compiled call per corruption for all severities (the level is per example);
