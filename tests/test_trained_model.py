@@ -23,7 +23,8 @@ def quality_run(tmp_path_factory, data_dir):
     calibrated with the quality abstention rule.
     The CNN has BatchNorm and two convolutions per block: on the smoke config's own
     one-convolution CNN without BatchNorm, 4 epochs leave the head at its prior (its
-    noise estimate even fell with the noise; measured on that config)."""
+    noise estimate even fell with the noise; measured on that config). 12 epochs: at 4
+    and 8, some trajectories (another CPU's float rounding) left the head flat or rising."""
     from brainjax import train
     from configs import smoke
 
@@ -31,7 +32,7 @@ def quality_run(tmp_path_factory, data_dir):
     c.data_dir = data_dir
     c.model.quality_head.enabled = True
     c.quality_loss_weight = 1.0
-    c.num_epochs, c.optimizer.learning_rate = 4, 3e-3
+    c.num_epochs, c.optimizer.learning_rate = 12, 3e-3
     c.train_degrade.prob = 0.7
     c.model.tiny.update(widths=(8, 16, 32), convs_per_block=2, batchnorm=True)
     c.model.base_batchnorm_train = True
@@ -62,11 +63,12 @@ def test_trained_quality_estimate_falls_with_severity(quality_run):
     means = [float(mean_quality(0.0))] + [float(mean_quality(degrade.level_for("gaussian_noise", s))) for s in range(1, 6)]
     print("mean quality, clean then severities 1-5:", np.round(means, 3))
     # What holds over the spread of training trajectories (issue 25): this fixture's
-    # config trained with 5 data orders (seeds 0-2 and input_shards 1, 4, 8; 2026-12-02,
-    # /tmp/q/quality_spread.py in BUILD_NOTES): the mean over severities 3-5 is below
-    # clean by 0.018-0.27 and below severity 1 in all 5. A strict fall over every
-    # severity held in only 2 of 5 (a 4-epoch head can tick up again at severity 5), so
-    # it is not asserted.
+    # config at 12 epochs, 5 trajectories (seeds 0-2, input_shards 4 and 8, with and
+    # without the suite's compilation cache, which changes XLA:CPU's rounding; Intel
+    # Xeon, 2026-12-07): the mean over severities 3-5 is below clean by 0.088-0.231 and
+    # below severity 1 in all 5. At 4 epochs this machine gave -0.008 (0.018-0.27 on the
+    # AMD one), at 8 epochs one trajectory of eight gave -0.046. A strict fall over every
+    # severity is not asserted.
     heavy = float(np.mean(means[3:]))
     assert means[0] - heavy > 0.01, means
     assert means[1] > heavy, means
