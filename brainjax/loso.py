@@ -38,13 +38,14 @@ def finished_report(workdir: str, name: str) -> dict | None:
 
 def markdown(rows: list[dict]) -> str:
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+    count = lambda v: "unknown" if v is None else str(v)
     lines = ["# Leave one source out", "",
              "| held out | images | accuracy | 95% CI | macro F1 | mean corruption acc. | copies removed | OOD AUROC | "
              "in-source test acc. |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ci = "[" + ", ".join(f"{v:.3f}" for v in r["ci95"]) + "]" if r["ci95"] else ""
         lines.append(f"| {r['held_out']} | {r['num_examples']} | {fmt(r['accuracy'])} | {ci} | {fmt(r['macro_f1'])} | "
-                     f"{fmt(r['mean_degraded_accuracy'])} | {'unknown' if r['copies_of_training_removed'] is None else r['copies_of_training_removed']} | {fmt(r['ood_auroc'])} | "
+                     f"{fmt(r['mean_degraded_accuracy'])} | {count(r['copies_of_training_removed'])} | {fmt(r['ood_auroc'])} | "
                      f"{fmt(r['in_source_test_accuracy'])} |")
     return "\n".join(lines) + "\n"
 

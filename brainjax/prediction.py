@@ -277,7 +277,7 @@ class Stream:
             path = os.path.join(self.workdir, "explain", self.output_name(s))
             p = out["probabilities"][i]
             plots.save_overlay(np.asarray(batch[i])[..., 0], heatmaps[i], path,
-                                title=f"{os.path.basename(s.source)}: {class_names[int(p.argmax())]} {p.max():.2f}")
+                               title=f"{os.path.basename(s.source)}: {class_names[int(p.argmax())]} {p.max():.2f}")
             print(f"{label(s)}: wrote {path}")
 
     def output_name(self, s: decode.Slice) -> str:

@@ -46,5 +46,3 @@ def save_ood_stats(stats: dict, workdir: str) -> str:
 def _write_json(obj: dict, path: str) -> None:
     """Atomic (files.write_json): a temporary name, then rename."""
     files.write_json(path, obj)
-
-

@@ -219,7 +219,10 @@ def write_reports(report_dir: str, documents: dict[str, dict | str]) -> None:
     files.own(report_dir)
     for name, content in documents.items():
         path = os.path.join(report_dir, name)
-        files.write_json(path, content) if isinstance(content, dict) else files.write_text(path, content)
+        if isinstance(content, dict):
+            files.write_json(path, content)
+        else:
+            files.write_text(path, content)
 
 
 def dedup_markdown(report: dict) -> str:
